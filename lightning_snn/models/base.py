@@ -1,0 +1,29 @@
+"""The model interface every gradient strategy relies on, and the model registry."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from lightning_snn.neurons import LIF
+from lightning_snn.registry import Registry
+
+
+class SpikingNet(nn.Module):
+    """A spiking network written once, run through time by a gradient strategy.
+
+    ``kind`` tells strategies what they can do with it (``feedforward`` or ``feedback``).
+    ``forward`` maps an input sequence ``[T, B, ...]`` to per-step outputs ``[T, B, classes]``.
+    """
+
+    kind: ClassVar[str] = "feedforward"
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def spiking_layers(self) -> list[LIF]:
+        return [m for m in self.modules() if isinstance(m, LIF)]
+
+
+MODELS: Registry[SpikingNet] = Registry("model")
