@@ -1,0 +1,128 @@
+"""The command line end to end: every config runs, bad input fails early and clearly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_snn.cli import main
+from lightning_snn.models.base import SpikingNet
+from lightning_snn.strategies.base import GradientStrategy
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def cli_args(config, tmp_path, data_root, *extra):
+    return [
+        "fit", "--config", str(config),
+        f"--data.root={data_root}", "--data.num_workers=0", "--data.batch_size=4",
+        "--data.eval_batch_size=4", "--data.val_size=0",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fast_dev_run_every_config(config, tmp_path, data_root):
+    extra = ["--data.verify_md5=false"] if "cifar" in config.stem else []
+    cli = main(cli_args(config, tmp_path, data_root, "--trainer.fast_dev_run=2", *extra))
+    metrics = cli.trainer.callback_metrics  # test_after_fit ran the test loop after the fit
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(metrics["test/loss"]) and 0.0 <= float(metrics["test/acc"]) <= 1.0
+
+
+def test_fit_writes_checkpoint_then_test_and_predict(tmp_path, data_root):
+    cfg = CONFIGS[[c.stem for c in CONFIGS].index("fmnist_mlp_bptt")]
+    args = cli_args(cfg, tmp_path, data_root, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                    "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+                    "--test_after_fit=false")
+    cli = main(args)
+    best = Path(cli.trainer.checkpoint_callback.best_model_path)
+    last = Path(cli.trainer.checkpoint_callback.last_model_path)
+    assert best.is_file() and last.is_file()
+    base = [a for a in args[1:] if not a.startswith(("--trainer.max_epochs", "--test_after_fit"))]
+    test = main(["test", *base, f"--ckpt_path={best}"])
+    assert 0.0 <= float(test.trainer.callback_metrics["test/acc"]) <= 1.0
+    pred = main(["predict", *base, f"--ckpt_path={last}", "--trainer.limit_predict_batches=2"])
+    assert pred is not None
+
+
+def test_state_reset_between_batches(data_root):
+    from lightning_snn.module import SNNModule
+
+    torch.manual_seed(0)
+    m = SNNModule("convnet", num_classes=10, input_shape=(1, 28, 28), T=5)  # train-mode BN
+    x, other = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28) + 1.0
+    with torch.no_grad():
+        first = m(x)
+        m(other)
+        assert torch.equal(m(x), first)
+        assert not torch.equal(m(other), first)
+
+
+# ----------------------------------------------------------------------------- bad input
+def error_text(capsys, args):
+    """Run the CLI on bad input; return what it reported (raised or printed by the parser)."""
+    with pytest.raises((SystemExit, ValueError, FileNotFoundError)) as exc:
+        main(args)
+    if isinstance(exc.value, SystemExit):
+        assert exc.value.code != 0
+        return capsys.readouterr().err
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--model.network=resnet999", ["unknown model 'resnet999'", "mlp", "vgg11"]),
+        ("--model.strategy=eprop", ["unknown strategy 'eprop'", "bptt"]),
+        ("--data.dataset=imagenet22k", ["unknown dataset 'imagenet22k'", "fashion_mnist"]),
+        ("--model.T=0", ["T must be a positive integer, got 0"]),
+        ("--model.T=-3", ["T must be a positive integer, got -3"]),
+        ("--model.neuron.threshold=-1", ["threshold must be > 0, got -1"]),
+        ("--model.neuron.leak=1.5", ["leak must be in (0, 1]", "1.5"]),
+        ("--model.neuron.leak=0", ["leak must be in (0, 1]"]),
+        ("--model.neuron.thresold=1", ["thresold"]),
+        ("--model.lerning_rate=1", ["lerning_rate"]),
+        ("--model.network_args={'hiden': [10]}", ["no argument(s) ['hiden']", "hidden"]),
+        ("--data.root=/nonexistent/fmnist", ["/nonexistent/fmnist/FashionMNIST does not exist",
+                                             "fetch_data.sh", "download"]),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(override, expected, tmp_path, data_root, capsys):
+    ckpt = tmp_path / "logs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"earlier run")
+    cfg = CONFIGS[[c.stem for c in CONFIGS].index("fmnist_mlp_bptt")]
+    text = error_text(capsys, cli_args(cfg, tmp_path, data_root, override))
+    for piece in expected:
+        assert piece in text, text
+    assert ckpt.read_bytes() == b"earlier run"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["logs", "lightning_logs", "version_0", "checkpoints", "last.ckpt"]
+    )
+
+
+def test_unknown_key_in_config_file(tmp_path, data_root, capsys):
+    cfg = tmp_path / "bad.yaml"
+    src = CONFIGS[[c.stem for c in CONFIGS].index("fmnist_mlp_bptt")].read_text()
+    cfg.write_text(src.replace("  T: 4", "  T: 4\n  time_steps: 4"))
+    assert "time_steps" in error_text(capsys, cli_args(cfg, tmp_path, data_root))
+
+
+def test_strategy_that_cannot_train_model_names_both():
+    class FeedbackOnly(GradientStrategy):
+        name = "feedback_only"
+        supported_kinds = frozenset({"feedback"})
+
+        def forward(self, model, x):
+            return model(x)
+
+    class Net(SpikingNet):
+        kind = "feedforward"
+
+    with pytest.raises(ValueError, match=r"'feedback_only' cannot train model Net \(kind 'feedforward'\)"
+                       r".*supports \['feedback'\].*\['bptt'\]"):
+        FeedbackOnly(T=2).check_model(Net())

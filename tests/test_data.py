@@ -1,0 +1,62 @@
+"""Data modules on the real offline data sets."""
+
+import pickle
+
+import pytest
+import torch
+
+from lightning_snn.data import DATASETS, VisionDataModule
+
+
+def test_fashion_mnist_splits_and_normalisation(data_root):
+    dm = VisionDataModule("fashion_mnist", root=str(data_root), batch_size=64, num_workers=0,
+                          val_size=5000)
+    dm.setup("fit")
+    assert len(dm.data_train) == 55_000 and len(dm.data_val) == 5_000
+    assert not set(dm.data_train.indices) & set(dm.data_val.indices)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    dm.setup("test")
+    assert len(dm.data_test) == 10_000
+    xs = torch.stack([dm.data_test[i][0] for i in range(2000)])
+    assert abs(xs.mean().item()) < 0.1 and abs(xs.std().item() - 1) < 0.1  # normalised
+
+
+def test_validation_on_test_split_by_default(data_root):
+    dm = VisionDataModule("mnist", root=str(data_root), num_workers=0)
+    dm.setup("fit")
+    assert len(dm.data_train) == 60_000 and dm.data_val is dm.data_test and len(dm.data_val) == 10_000
+
+
+def test_cifar10_real_images(data_root):
+    dm = VisionDataModule("cifar10", root=str(data_root), batch_size=4, num_workers=0, verify_md5=False)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and int(y.max()) < 10
+    # the same files fail torchvision's checksum pins: a clear error, not a silent read
+    strict = VisionDataModule("cifar10", root=str(data_root), num_workers=0)
+    with pytest.raises(RuntimeError, match="cannot read data set 'cifar10' under"):
+        strict.setup("fit")
+
+
+def test_cifar100_layout(tmp_path, data_root):
+    """CIFAR-100's reader on its own file layout, filled with the 20 real CIFAR-10 images."""
+    src = pickle.load(open(data_root / "cifar-10-batches-py" / "test_batch", "rb"), encoding="latin1")
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        pickle.dump({"data": src["data"], "fine_labels": [l * 10 + 3 for l in src["labels"]]},
+                    open(folder / name, "wb"))
+    pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, open(folder / "meta", "wb"))
+    dm = VisionDataModule("cifar100", root=str(tmp_path), batch_size=5, num_workers=0,
+                          verify_md5=False, augment=False)
+    assert dm.num_classes == 100 and dm.input_shape == (3, 32, 32)
+    dm.setup("fit")
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == [l * 10 + 3 for l in src["labels"][:5]]
+
+
+def test_registry_names():
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "mnist"]
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; valid choices: cifar10"):
+        VisionDataModule("svhn")
