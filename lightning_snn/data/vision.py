@@ -1,0 +1,198 @@
+"""Image-classification data modules over torchvision's real data-set classes.
+
+A data set is named by a string (``DATASETS``); ``VisionDataModule`` gives it train / validation /
+test / predict loaders with the usual normalisation and augmentation. Files are read from ``root``
+in torchvision's layout (``scripts/fetch_data.sh`` lays out MNIST and Fashion-MNIST offline);
+``download=True`` fetches them from their origin for users with internet.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from lightning_snn.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a data module needs to know about one data set."""
+
+    cls: Callable[..., Dataset]
+    folder: str  # sub-folder of ``root`` torchvision reads
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_augment: list[Callable] = field(default_factory=list)
+
+
+class _CIFARNoMd5:
+    """CIFAR readers that check the files exist instead of their md5 (``verify_md5=False``)."""
+
+    def _check_integrity(self) -> bool:
+        base = Path(self.root) / self.base_folder
+        return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class CIFAR10Unverified(_CIFARNoMd5, datasets.CIFAR10):
+    pass
+
+
+class CIFAR100Unverified(_CIFARNoMd5, datasets.CIFAR100):
+    pass
+
+
+_CIFAR_AUG = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+for _name, _spec in {
+    "mnist": DatasetSpec(datasets.MNIST, "MNIST", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "fashion_mnist": DatasetSpec(
+        datasets.FashionMNIST, "FashionMNIST", (1, 28, 28), 10, (0.2860,), (0.3530,)
+    ),
+    "cifar10": DatasetSpec(
+        datasets.CIFAR10, "cifar-10-batches-py", (3, 32, 32), 10,
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR_AUG,
+    ),
+    "cifar100": DatasetSpec(
+        datasets.CIFAR100, "cifar-100-python", (3, 32, 32), 100,
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR_AUG,
+    ),
+}.items():
+    DATASETS.register(_name)(lambda _s=_spec: _s)
+
+
+class VisionDataModule(pl.LightningDataModule):
+    """Train / val / test loaders for a registered image data set.
+
+    Args:
+        dataset: data-set name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``).
+        root: directory holding the data set in torchvision's layout.
+        download: fetch the files from their origin if missing (needs internet).
+        batch_size: per-process batch size (under DDP the global batch is ``batch_size * world``).
+        eval_batch_size: batch size for validation and test (default: ``batch_size``).
+        num_workers: loader worker processes.
+        val_size: training images held out for validation; 0 validates on the test split
+            (what the papers report).
+        augment: random augmentation of training images (crop + flip for CIFAR).
+        verify_md5: check CIFAR files against torchvision's checksums.
+        seed: seed of the train/validation split.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "fashion_mnist",
+        root: str = "data",
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        val_size: int = 0,
+        augment: bool = True,
+        verify_md5: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.spec: DatasetSpec = DATASETS.build(dataset)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size}")
+        folder = Path(root).expanduser() / self.spec.folder
+        if not download and not folder.is_dir():  # fail before anything is started or written
+            raise FileNotFoundError(
+                f"data set {dataset!r} not found: {folder} does not exist. Run "
+                f"`bash scripts/fetch_data.sh {root}` (MNIST, Fashion-MNIST offline), point "
+                f"`data.root` at the data, or set `data.download: true` (needs internet)."
+            )
+        self.save_hyperparameters()
+        self.data_train: Dataset | None = None
+        self.data_val: Dataset | None = None
+        self.data_test: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.spec.input_shape
+
+    def _reader(self) -> Callable[..., Dataset]:
+        if self.hparams.verify_md5:
+            return self.spec.cls
+        return {datasets.CIFAR10: CIFAR10Unverified, datasets.CIFAR100: CIFAR100Unverified}.get(
+            self.spec.cls, self.spec.cls
+        )
+
+    def _open(self, train: bool, augment: bool) -> Dataset:
+        hp = self.hparams
+        root = Path(hp.root).expanduser()
+        tf = [v2.ToImage()] + (self.spec.train_augment if augment else [])
+        tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.spec.mean, self.spec.std)]
+        try:
+            return self._reader()(str(root), train=train, download=hp.download, transform=v2.Compose(tf))
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+            raise RuntimeError(f"cannot read data set {hp.dataset!r} under {root}: {e}") from e
+
+    def prepare_data(self) -> None:
+        if self.hparams.download:  # one process downloads; ``setup`` runs on every process
+            self._open(train=True, augment=False)
+            self._open(train=False, augment=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate", None) and self.data_train is None:
+            train = self._open(train=True, augment=hp.augment)
+            if hp.val_size:
+                n = len(train)
+                if hp.val_size >= n:
+                    raise ValueError(f"val_size {hp.val_size} >= training set size {n}")
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
+                plain = self._open(train=True, augment=False)
+                self.data_train = Subset(train, perm[hp.val_size:])
+                self.data_val = Subset(plain, perm[: hp.val_size])
+            else:
+                self.data_train = train
+        if self.data_test is None and (stage in ("test", "predict", None) or not hp.val_size):
+            self.data_test = self._open(train=False, augment=False)
+            if not hp.val_size:
+                self.data_val = self.data_test
+
+    def _loader(self, data: Dataset | None, train: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            data,
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            drop_last=train,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, train=False)
