@@ -59,5 +59,9 @@ class GradientStrategy(ABC):
         out = self.forward(module.net, x)
         return module.loss(out, y), out
 
+    def step_metrics(self) -> dict[str, float]:
+        """Diagnostics of the last backward pass (e.g. a solver's residual), logged per step."""
+        return {}
+
 
 STRATEGIES: Registry[GradientStrategy] = Registry("strategy")

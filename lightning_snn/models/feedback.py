@@ -1,0 +1,300 @@
+"""Feedback SNNs (equilibrium models): F400, F64C5 and the multilayer AlexNet-F / CIFARNet-F.
+
+A feedback SNN is a chain of ``L`` spiking layers whose last layer feeds back into the first::
+
+    I_1[t] = BN(F x[t]) + W_fb s_L[t-1]        I_{l+1}[t] = BN_l(W_l s_l[t])
+
+With a contractive feedback weight its (weighted) firing rate converges to the fixed point of the
+equivalent map (DESIGN.md section 3)::
+
+    a_1 = clamp((W_fb a_L + BN(F x)) / Vth_1, 0, 1),   a_{l+1} = clamp(BN_l(W_l a_l) / Vth_{l+1}, 0, 1)
+
+evaluated on ``a_L``. The classifier reads ``a_L``. Strategies use ``prepare`` (input current,
+feedback weight and dropout masks, computed once per batch), ``simulate`` (the SNN itself),
+``equilibrium_map`` (the map above) and ``readout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_snn.layers import TimeDistributed
+from lightning_snn.models.base import MODELS, SpikingNet
+from lightning_snn.neurons import LIF, NeuronConfig, weighted_rate
+
+BNMode = Literal["running", "batch", "update"]
+
+
+class RestrictedWeight(nn.Module):
+    """Spectral-norm restriction ``W = g * W_raw / sigma(W_raw)`` with ``|g| <= norm_range``.
+
+    ``sigma`` is estimated by one power iteration per training call (persistent ``u``, ``v``).
+    The gain is initialised to ``min(sigma(W_init), norm_range)`` and projected back into
+    ``[-norm_range, norm_range]`` before each use, so it always has a gradient (a clamp in the
+    forward pass would leave it without one whenever the initial norm exceeds the range).
+    """
+
+    def __init__(self, op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d, norm_range: float = 1.0) -> None:
+        super().__init__()
+        self.op = op
+        self.norm_range = norm_range
+        mat = self._matrix(op.weight.detach())
+        u = F.normalize(torch.randn(mat.shape[0]), dim=0)
+        v = F.normalize(mat.t() @ u, dim=0)
+        for _ in range(100):  # a good initial estimate; one iteration per step afterwards
+            u = F.normalize(mat @ v, dim=0)
+            v = F.normalize(mat.t() @ u, dim=0)
+        self.register_buffer("u", u)
+        self.register_buffer("v", v)
+        sigma = float(u @ mat @ v)
+        self.gain = nn.Parameter(torch.tensor(min(sigma, norm_range)))
+
+    def _matrix(self, w: Tensor) -> Tensor:
+        if isinstance(self.op, nn.ConvTranspose2d):  # weight is (in, out, k, k)
+            w = w.transpose(0, 1)
+        return w.reshape(w.shape[0], -1)
+
+    def weight(self) -> Tensor:
+        raw = self.op.weight
+        mat = self._matrix(raw)
+        if self.training:
+            with torch.no_grad():
+                self.u.copy_(F.normalize(mat.detach() @ self.v, dim=0))
+                self.v.copy_(F.normalize(mat.detach().t() @ self.u, dim=0))
+                self.gain.clamp_(-self.norm_range, self.norm_range)
+        sigma = self.u @ mat @ self.v
+        return self.gain * raw / sigma
+
+    def apply(self, x: Tensor, weight: Tensor) -> Tensor:
+        op = self.op
+        if isinstance(op, nn.Linear):
+            return F.linear(x, weight)
+        if isinstance(op, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, weight, None, op.stride, op.padding, op.output_padding)
+        return F.conv2d(x, weight, None, op.stride, op.padding)
+
+
+@dataclass
+class FeedbackContext:
+    """What one batch needs, computed once: input current per step, feedback weight, masks."""
+
+    current: Tensor  # [T, B, ...] BN(F x[t]); an expanded view for static input
+    feedback_weight: Tensor
+    masks: list[Tensor | None]  # one variational dropout mask per layer input (None = no dropout)
+    leak: float
+
+    @property
+    def mean_current(self) -> Tensor:
+        return self.current[0] if self.current.stride(0) == 0 else weighted_rate(self.current, self.leak)
+
+
+def _batch_norm(x: Tensor, bn: nn.Module, mode: BNMode, detach: bool = False) -> Tensor:
+    """BN with an explicit statistics mode: ``running`` (eval statistics), ``batch`` (batch
+    statistics, running ones untouched) or ``update`` (batch statistics, running ones updated)."""
+    if isinstance(bn, nn.Identity):
+        return x
+    if not bn.training:
+        mode = "running"
+    elif detach and mode == "update":  # a detached evaluation never touches the statistics
+        mode = "batch"
+    w, b = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
+    if mode == "update":
+        return bn(x)
+    if mode == "batch":
+        return F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, w, b, False, 0.0, bn.eps)
+
+
+class FeedbackSNN(SpikingNet):
+    """A chain of spiking layers with feedback from the last layer to the first (see module doc).
+
+    Args:
+        input_op: ``F`` (linear or conv) with its batch norm ``input_bn``.
+        hidden: ``(W_l, BN_l)`` of layers 2..L (empty for a single-layer model).
+        feedback_op: ``W_fb`` from layer L back to layer 1, restricted to norm ``<= norm_range``.
+        classifier: linear read-out of the flattened ``a_L``.
+        dropout: variational dropout on every layer input: one mask per batch, all time steps.
+    """
+
+    kind = "feedback"
+
+    def __init__(
+        self,
+        input_op: nn.Module,
+        input_bn: nn.Module,
+        hidden: Sequence[tuple[nn.Module, nn.Module]],
+        feedback_op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d,
+        classifier: nn.Linear,
+        neuron: NeuronConfig | None,
+        dropout: float = 0.0,
+        norm_range: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.input = TimeDistributed(input_op, input_bn)
+        self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
+        self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
+        self.feedback = RestrictedWeight(feedback_op, norm_range)
+        self.neurons = nn.ModuleList([LIF(neuron) for _ in range(len(hidden) + 1)])
+        self.classifier = classifier
+        self.dropout = dropout
+
+    # --------------------------------------------------------------------------- pieces
+    def prepare(self, x: Tensor) -> FeedbackContext:
+        """Input current and feedback weight (with graph), and this batch's dropout masks."""
+        current = self.input(x)
+        weight = self.feedback.weight()
+        masks: list[Tensor | None] = [None] * len(self.neurons)
+        if self.training and self.dropout > 0:
+            shapes = [current.shape[1:]]  # the shape of every layer's rate, layer 1 first
+            with torch.no_grad():
+                probe = torch.zeros(current.shape[1:], device=current.device, dtype=current.dtype)
+                for op in self.hidden_ops:
+                    probe = op(probe)
+                    shapes.append(probe.shape)
+            keep = 1.0 - self.dropout
+            # mask[0] acts on a_L (feedback input), mask[l] on a_l (input of hidden op l)
+            shapes = [shapes[-1]] + shapes[:-1]
+            masks = [torch.bernoulli(probe.new_full(s, keep)) / keep for s in shapes]
+        return FeedbackContext(current, weight, masks, self.neurons[0].leak)
+
+    def _drop(self, a: Tensor, mask: Tensor | None) -> Tensor:
+        return a if mask is None else a * mask
+
+    def simulate(self, ctx: FeedbackContext, bn: BNMode = "running") -> Tensor:
+        """Run the SNN for ``T = ctx.current.shape[0]`` steps from rest; return the weighted
+        firing rate of the last layer. Differentiable through surrogates when grad is enabled."""
+        for n in self.neurons:
+            n.reset_state()
+        T = ctx.current.shape[0]
+        last_spikes: list[Tensor] = []
+        s_last: Tensor | None = None
+        for t in range(T):
+            i1 = ctx.current[t]
+            if s_last is not None:
+                i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
+            s = self.neurons[0].step(i1)
+            for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
+                s = self.neurons[l].step(_batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
+            s_last = s
+            last_spikes.append(s)
+        for n in self.neurons:
+            n.reset_state()
+        return weighted_rate(torch.stack(last_spikes), self.neurons[-1].leak)
+
+    def equilibrium_map(
+        self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
+    ) -> Tensor:
+        """``f(a_L, x)``; with ``detach=True`` no parameter is in the graph (adjoint products)."""
+        def p(t: Tensor) -> Tensor:
+            return t.detach() if detach else t
+
+        vth = [p(n.threshold) for n in self.neurons]
+        fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
+        a = torch.clamp((fb + p(ctx.mean_current)) / vth[0], 0.0, 1.0)
+        for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
+            w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
+            cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
+            a = torch.clamp(_batch_norm(cur, bnm, bn, detach) / vth[l], 0.0, 1.0)
+        return a
+
+    def readout(self, a: Tensor) -> Tensor:
+        return self.classifier(a.flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """BPTT path: simulate with the graph through time; scores of the final rate ``[1, B, C]``.
+        Hidden batch norms use each step's batch statistics (running ones updated every step)."""
+        ctx = self.prepare(x)
+        return self.readout(self.simulate(ctx, bn="update")).unsqueeze(0)
+
+
+# ------------------------------------------------------------------------------- registry
+@MODELS.register("f_mlp")
+def feedback_mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    neuron: NeuronConfig | None = None,
+    hidden: int = 400,
+    dropout: float = 0.0,
+    norm_range: float = 1.0,
+) -> FeedbackSNN:
+    """Single-layer fully connected feedback SNN: "F400" (784 -> 400 with 400x400 feedback)."""
+    n_in = 1
+    for d in input_shape:
+        n_in *= d
+    return FeedbackSNN(
+        nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden)), nn.BatchNorm1d(hidden), [],
+        nn.Linear(hidden, hidden, bias=False), nn.Linear(hidden, num_classes),
+        neuron, dropout, norm_range,
+    )
+
+
+@MODELS.register("f_conv")
+def feedback_conv(
+    input_shape: Sequence[int],
+    num_classes: int,
+    neuron: NeuronConfig | None = None,
+    channels: int = 64,
+    kernel_size: int = 5,
+    input_padding: int = 2,
+    dropout: float = 0.0,
+    norm_range: float = 1.0,
+) -> FeedbackSNN:
+    """Single-layer conv feedback SNN "F64C5": conv5x5 stride 2 + BN in, conv5x5 feedback."""
+    c, h, w = input_shape
+    k = kernel_size
+    out_h, out_w = (h + 2 * input_padding - k) // 2 + 1, (w + 2 * input_padding - k) // 2 + 1
+    return FeedbackSNN(
+        nn.Conv2d(c, channels, k, stride=2, padding=input_padding), nn.BatchNorm2d(channels), [],
+        nn.Conv2d(channels, channels, k, padding=k // 2, bias=False),
+        nn.Linear(channels * out_h * out_w, num_classes), neuron, dropout, norm_range,
+    )
+
+
+@MODELS.register("multilayer_f")
+def multilayer_f(
+    input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+    channels: Sequence[int] = (96, 256, 384, 384, 256), dropout: float = 0.0, norm_range: float = 1.0,
+) -> FeedbackSNN:
+    """Five-layer conv feedback SNN: conv3x3 s2 + BN (layer 1, 16x16 for CIFAR), four conv3x3 +
+    BN layers (the second with stride 2), transposed conv3x3 s2 feedback from layer 5 to layer 1."""
+    if len(channels) != 5:
+        raise ValueError(f"multilayer_f needs 5 channel counts, got {list(channels)}")
+    c1, c2, c3, c4, c5 = channels
+    h = (input_shape[1] + 1) // 2 // 2
+    hidden = [
+        (nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2)),
+        (nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3)),
+        (nn.Conv2d(c3, c4, 3, padding=1), nn.BatchNorm2d(c4)),
+        (nn.Conv2d(c4, c5, 3, padding=1), nn.BatchNorm2d(c5)),
+    ]
+    return FeedbackSNN(
+        nn.Conv2d(input_shape[0], c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), hidden,
+        nn.ConvTranspose2d(c5, c1, 3, stride=2, padding=1, output_padding=1, bias=False),
+        nn.Linear(c5 * h * h, num_classes), neuron, dropout, norm_range,
+    )
+
+
+@MODELS.register("alexnet_f")
+def alexnet_f(
+    input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+    dropout: float = 0.0, norm_range: float = 1.0,
+) -> FeedbackSNN:
+    """AlexNet-F: channels 96 -> 256 -> 384 (s2) -> 384 -> 256 with feedback 256 -> 96."""
+    return multilayer_f(input_shape, num_classes, neuron, (96, 256, 384, 384, 256), dropout, norm_range)
+
+
+@MODELS.register("cifarnet_f")
+def cifarnet_f(
+    input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+    dropout: float = 0.0, norm_range: float = 1.0,
+) -> FeedbackSNN:
+    """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128."""
+    return multilayer_f(input_shape, num_classes, neuron, (128, 256, 512, 1024, 512), dropout, norm_range)

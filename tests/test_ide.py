@@ -1,0 +1,264 @@
+"""IDE: implicit gradients against unrolled autograd and finite differences; solvers; batch norm."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_snn.models import MODELS
+from lightning_snn.models.feedback import FeedbackSNN
+from lightning_snn.module import SNNModule
+from lightning_snn.neurons import NeuronConfig
+from lightning_snn.solvers import SOLVERS
+from lightning_snn.strategies import STRATEGIES
+
+TINY = {
+    "f_mlp": dict(input_shape=(1, 4, 4), hidden=12),
+    "f_conv": dict(input_shape=(1, 8, 8), channels=3, kernel_size=3, input_padding=1),
+    "multilayer_f": dict(input_shape=(3, 8, 8), channels=(4, 5, 6, 5, 4)),
+}
+
+
+def tiny(name, leak=1.0, dropout=0.0, threshold=2.0, **over):
+    torch.manual_seed(0)
+    kw = {**TINY[name], **over}
+    shape = kw.pop("input_shape")
+    net = MODELS.build(name, input_shape=shape, num_classes=3, dropout=dropout,
+                       neuron=NeuronConfig(threshold=threshold, leak=leak), **kw).double()
+    for bn in net.hidden_bns:  # keep the multilayer map contractive in the test
+        torch.nn.init.constant_(bn.weight, 0.5)
+    x = torch.rand(4, *shape, dtype=torch.float64) * 3
+    return net, x, torch.tensor([0, 1, 2, 1])
+
+
+def fixed_point_of_map(net, ctx, iters=300):
+    with torch.no_grad():
+        a = torch.zeros_like(net.simulate(ctx, bn="batch"))
+        for _ in range(iters):
+            a = net.equilibrium_map(a, ctx, bn="batch")
+        assert (net.equilibrium_map(a, ctx, bn="batch") - a).abs().max() < 1e-12
+    return a
+
+
+def params_of(net):
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("leak, dropout", [(1.0, 0.0), (0.9, 0.0), (1.0, 0.3)])
+def test_implicit_gradient_equals_unrolled_rate_iteration(name, leak, dropout):
+    net, x, y = tiny(name, leak, dropout)
+    ide = STRATEGIES.build("ide", T=5, solver="broyden", max_iter=100, tol=1e-12)
+    ctx = net.prepare(ide.encode(x))
+    a_star = fixed_point_of_map(net, ctx)
+
+    loss = F.cross_entropy(net.readout(ide.implicit(net, ctx, a_star)), y)
+    implicit = torch.autograd.grad(loss, params_of(net), retain_graph=True, allow_unused=True)
+    assert ide.last_info.converged and ide.last_info.residual <= 1e-12
+
+    a = torch.zeros_like(a_star)
+    for _ in range(150):  # autograd through the rate iteration run to convergence
+        a = net.equilibrium_map(a, ctx, bn="batch")
+    unrolled = torch.autograd.grad(F.cross_entropy(net.readout(a), y), params_of(net), allow_unused=True)
+
+    nonzero = 0
+    for gi, gu in zip(implicit, unrolled):
+        if gu is None:
+            assert gi is None or gi.abs().max() == 0
+            continue
+        # relative error <= 1e-4 (an absolute floor for gradients that vanish exactly, e.g. the
+        # bias of a linear layer followed by batch norm)
+        assert (gi - gu).norm() <= 1e-4 * gu.norm() + 1e-12, ((gi - gu).norm(), gu.norm())
+        nonzero += int(gu.norm() > 1e-8)
+    assert nonzero >= 4  # feedback, input and classifier weights all get a gradient
+
+
+def test_implicit_gradient_matches_finite_differences():
+    net, x, y = tiny("f_mlp", leak=0.8)
+    net.eval()  # fixed BN and power-iteration state, so the loss is a function of the weights only
+    ide = STRATEGIES.build("ide", T=5, max_iter=100, tol=1e-12)
+
+    def loss_at_equilibrium(with_grad):
+        ctx = net.prepare(ide.encode(x))
+        a_star = fixed_point_of_map(net, ctx)
+        out = ide.implicit(net, ctx, a_star) if with_grad else a_star
+        return F.cross_entropy(net.readout(out), y)
+
+    loss_at_equilibrium(True).backward()
+    checks = [(net.feedback.gain, ())]  # and the two largest gradient entries of each weight
+    for p in (net.feedback.op.weight, net.input[0][1].weight, net.classifier.weight):
+        for flat in p.grad.abs().flatten().topk(2).indices.tolist():
+            checks.append((p, tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), p.shape))))
+    eps = 1e-6
+    for p, idx in checks:
+        with torch.no_grad():
+            old = p[idx].item()
+            p[idx] = old + eps
+            up = loss_at_equilibrium(False).item()
+            p[idx] = old - eps
+            down = loss_at_equilibrium(False).item()
+            p[idx] = old
+        fd = (up - down) / (2 * eps)
+        assert abs(fd) > 1e-6
+        assert p.grad[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- solvers
+def linear_problem(norm, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = A * norm / torch.linalg.matrix_norm(A, ord=2)
+    v = torch.randn(2, n // 2, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - A.T, v.flatten()).view_as(v)
+    return (lambda x: (A.T @ x.flatten()).view_as(x) + v), v, exact
+
+
+@pytest.mark.parametrize("solver", SOLVERS.names())
+def test_solver_reaches_tolerance_on_contractive_map(solver):
+    G, v, exact = linear_problem(0.8)
+    x, info = SOLVERS.get(solver)(G, v, max_iter=200, tol=1e-10)
+    assert info.converged and info.residual <= 1e-10
+    # the solution of g = J^T g + v, i.e. (I - J^T)^-1 v, not the (2I - J^T)^-1 v of a damped iteration
+    torch.testing.assert_close(x, exact, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", SOLVERS.names())
+def test_solver_reports_non_convergence(solver):
+    v = torch.ones(3, 4, dtype=torch.float64)
+    x, info = SOLVERS.get(solver)(lambda g: 1.5 * g + v, v, max_iter=20, tol=1e-8)  # expanding
+    if info.converged:  # a linear solver may still find the (repelling) fixed point -2v
+        torch.testing.assert_close(x, -2 * v)
+    x, info = SOLVERS.get(solver)(lambda g: g + v, v, max_iter=20, tol=1e-8)  # no solution
+    assert not info.converged and torch.isfinite(x).all() and info.residual >= 0.5
+
+
+def test_non_contractive_model_warns_and_logs_no_nan():
+    """Self-inhibition -3 I at threshold 2 with constant input 1.5 keeps every rate inside (0, 1),
+    so J = -1.5 I: the plain iteration of the adjoint equation cannot converge."""
+    net, x, y = tiny("f_mlp", norm_range=3.0)
+    with torch.no_grad():
+        net.feedback.op.weight.copy_(torch.eye(12))
+        net.feedback.u.copy_(torch.nn.functional.normalize(torch.ones(12), dim=0))
+        net.feedback.v.copy_(net.feedback.u)
+        net.feedback.gain.fill_(-3.0)
+        net.input[0][1].weight.zero_()
+        net.input[1].bias.fill_(1.5)
+    ide = STRATEGIES.build("ide", T=20, solver="fixed_point", max_iter=10, tol=1e-10)
+    with pytest.warns(RuntimeWarning, match="IDE adjoint solver 'fixed_point' did not reach tol=1e-10"):
+        F.cross_entropy(ide.forward(net, x).mean(0), y).backward()
+    assert all(torch.isfinite(p.grad).all() for p in params_of(net) if p.grad is not None)
+    metrics = ide.step_metrics()
+    assert metrics["ide/residual"] > 1e-10 and metrics["ide/iterations"] == 10
+
+
+def test_unknown_solver_and_bad_options():
+    with pytest.raises(ValueError, match="unknown solver 'newton'; valid choices: anderson, broyden, fixed_point"):
+        STRATEGIES.build("ide", T=5, solver="newton")
+    with pytest.raises(ValueError, match="max_iter must be > 0"):
+        STRATEGIES.build("ide", T=5, max_iter=0)
+    with pytest.raises(ValueError, match="strategy 'ide' cannot train model SpikingMLP"):
+        SNNModule("mlp", num_classes=3, input_shape=(4,), strategy="ide")
+
+
+# ----------------------------------------------------------------------------- batch norm
+def test_running_bn_statistics_change_once_per_training_step():
+    torch.manual_seed(0)
+    m = SNNModule("multilayer_f", num_classes=3, input_shape=(3, 8, 8), strategy="ide", T=4,
+                  network_args={"channels": (4, 5, 6, 5, 4)}, neuron=NeuronConfig(threshold=2.0))
+    bns = [m.net.input[1], *m.net.hidden_bns]
+    x, y = torch.rand(6, 3, 8, 8) * 3, torch.randint(0, 3, (6,))
+    for step in (1, 2):
+        loss, _ = m.strategy.training_step(m, x, y)
+        loss.backward()
+        assert [int(bn.num_batches_tracked) for bn in bns] == [step] * len(bns)
+    # the update is the batch statistics of the currents at the equilibrium rates
+    bn = m.net.hidden_bns[-1]
+    before = bn.running_mean.clone()
+    ctx = m.net.prepare(m.strategy.encode(x))
+    with torch.no_grad():
+        a_star = m.net.simulate(ctx, bn="running")
+        a = m.net.equilibrium_map(a_star, ctx, bn="batch")  # replay to get layer 4's rate
+    m.strategy.training_step(m, x, y)[0].backward()
+    assert int(bn.num_batches_tracked) == 3 and not torch.equal(bn.running_mean, before)
+    with torch.no_grad():  # evaluation uses and keeps the running statistics
+        m.eval()
+        stats = [bn.running_mean.clone() for bn in bns]
+        m(x)
+        assert all(torch.equal(b.running_mean, s) for b, s in zip(bns, stats))
+    del a
+
+
+def test_restricted_feedback_gain_has_gradient_when_initial_norm_above_one():
+    torch.manual_seed(0)
+    net = MODELS.build("f_mlp", input_shape=(1, 4, 4), num_classes=3, hidden=12,
+                       neuron=NeuronConfig(threshold=2.0))
+    with torch.no_grad():
+        net.feedback.op.weight.mul_(10)  # spectral norm well above 1
+    fresh = type(net.feedback)(net.feedback.op, 1.0)
+    assert fresh.gain.item() == 1.0
+    w = fresh.weight()
+    assert torch.linalg.matrix_norm(w.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-2)
+    (w * torch.randn_like(w)).sum().backward()
+    assert fresh.gain.grad.abs() > 0
+    with torch.no_grad():
+        fresh.gain.fill_(3.0)  # an optimiser step past the range is projected back
+    fresh.weight()
+    assert fresh.gain.item() == 1.0
+
+
+def test_variational_dropout_one_mask_for_all_steps():
+    net, x, _ = tiny("f_mlp", dropout=0.5)
+    ide = STRATEGIES.build("ide", T=6)
+    ctx = net.prepare(ide.encode(x))
+    assert len(ctx.masks) == 1 and ctx.masks[0].shape == (4, 12)
+    with torch.no_grad():
+        assert torch.equal(net.simulate(ctx), net.simulate(ctx))
+        # a unit whose feedback input is dropped never feeds back at any step
+        dropped = ctx.masks[0] == 0
+        spikes_fb = net.feedback.apply(ctx.masks[0] * torch.ones_like(ctx.masks[0]), ctx.feedback_weight)
+        only_dropped = net.feedback.apply(dropped.double(), ctx.feedback_weight)
+    assert dropped.any() and torch.isfinite(spikes_fb).all() and torch.isfinite(only_dropped).all()
+    net.eval()
+    assert net.prepare(ide.encode(x)).masks == [None]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_ide_rate_close_to_equilibrium(name):
+    """The SNN's rate approaches the fixed point of the equivalent map as T grows."""
+    net, x, _ = tiny(name)
+    net.eval()
+    errs = []
+    for T in (10, 100):
+        ctx = net.prepare(x.unsqueeze(0).expand(T, *x.shape))
+        with torch.no_grad():
+            a = net.simulate(ctx)
+            errs.append((net.equilibrium_map(a, ctx) - a).abs().mean().item())
+    assert errs[1] < errs[0] and errs[1] < 0.02
+
+
+def test_bptt_trains_feedback_models():
+    net, x, y = tiny("multilayer_f", threshold=0.5)
+    out = STRATEGIES.build("bptt", T=10).forward(net, x)
+    assert out.shape == (1, 4, 3)
+    F.cross_entropy(out.mean(0), y).backward()
+    assert net.feedback.op.weight.grad.abs().sum() > 0 and net.input[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "name, classes, shape, kw, expected",
+    [
+        ("f_mlp", 10, (1, 28, 28), {}, 478_810),  # "F400", 478K
+        ("f_conv", 10, (1, 28, 28), {}, 229_642),  # "F64C5", 229K
+        ("f_conv", 10, (2, 34, 34), {"input_padding": 1}, 269_642),  # N-MNIST as shipped
+        ("alexnet_f", 10, (3, 32, 32), {}, 3_709_514),  # 3.7M
+        ("alexnet_f", 100, (3, 32, 32), {}, 5_184_164),  # 5.2M
+        ("cifarnet_f", 10, (3, 32, 32), {}, 11_840_010),  # 11.8M
+        ("cifarnet_f", 100, (3, 32, 32), {}, 14_789_220),  # 14.8M
+    ],
+)
+def test_parameter_counts_match_the_paper(name, classes, shape, kw, expected):
+    net = MODELS.build(name, input_shape=shape, num_classes=classes, **kw)
+    assert isinstance(net, FeedbackSNN)
+    # + 1 for the gain of the restricted feedback weight
+    assert sum(p.numel() for p in net.parameters()) == expected + 1
