@@ -2,10 +2,13 @@
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model, a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
-``--test_after_fit true`` evaluates the best checkpoint on the test split after ``fit``.
+``--test_after_fit best|last`` evaluates the best checkpoint (by ``val/acc``) or the final
+weights on the test split after ``fit``.
 """
 
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -33,14 +36,15 @@ class SNNCLI(LightningCLI):
             }
         )
         parser.add_argument(
-            "--test_after_fit", type=bool, default=False,
-            help="after fit, evaluate the best checkpoint on the test split",
+            "--test_after_fit", type=Optional[Literal["best", "last"]], default=None,
+            help="after fit, evaluate the best (by val/acc) or the final weights on the test split",
         )
 
     def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit"):
-            ckpt = "best" if self.trainer.checkpoint_callback.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        which = self.config[self.subcommand].get("test_after_fit")
+        if which:
+            best = which == "best" and self.trainer.checkpoint_callback.best_model_path
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
 def main(args: list[str] | None = None) -> SNNCLI:

@@ -5,6 +5,7 @@ import pickle
 import pytest
 import torch
 
+from conftest import write_cifar100_layout
 from lightning_snn.data import DATASETS, VisionDataModule
 
 
@@ -41,13 +42,8 @@ def test_cifar10_real_images(data_root):
 
 def test_cifar100_layout(tmp_path, data_root):
     """CIFAR-100's reader on its own file layout, filled with the 20 real CIFAR-10 images."""
+    write_cifar100_layout(data_root, tmp_path)
     src = pickle.load(open(data_root / "cifar-10-batches-py" / "test_batch", "rb"), encoding="latin1")
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for name in ("train", "test"):
-        pickle.dump({"data": src["data"], "fine_labels": [l * 10 + 3 for l in src["labels"]]},
-                    open(folder / name, "wb"))
-    pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, open(folder / "meta", "wb"))
     dm = VisionDataModule("cifar100", root=str(tmp_path), batch_size=5, num_workers=0,
                           verify_md5=False, augment=False)
     assert dm.num_classes == 100 and dm.input_shape == (3, 32, 32)
