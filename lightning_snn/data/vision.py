@@ -9,9 +9,11 @@ in torchvision's layout (``scripts/fetch_data.sh`` lays out MNIST and Fashion-MN
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.registry import Registry
 
 
@@ -33,6 +36,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_augment: list[Callable] = field(default_factory=list)
+    ffcv_pipeline: Pipeline = "gray"
 
 
 class _CIFARNoMd5:
@@ -66,11 +70,11 @@ for _name, _spec in {
     ),
     "cifar10": DatasetSpec(
         datasets.CIFAR10, "cifar-10-batches-py", (3, 32, 32), 10,
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR_AUG,
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR_AUG, "cifar",
     ),
     "cifar100": DatasetSpec(
         datasets.CIFAR100, "cifar-100-python", (3, 32, 32), 100,
-        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR_AUG,
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR_AUG, "cifar",
     ),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
@@ -90,7 +94,14 @@ class VisionDataModule(pl.LightningDataModule):
             (what the papers report).
         augment: random augmentation of training images (crop + flip for CIFAR).
         verify_md5: check CIFAR files against torchvision's checksums.
-        seed: seed of the train/validation split.
+        seed: seed of the train/validation split and of FFCV's shuffling.
+        backend: ``torchvision`` (DataLoader), ``ffcv`` (``.beton`` files, written from the
+            torchvision data set on first use) or ``auto`` (FFCV when it is installed).
+        beton_dir: where the ``.beton`` files live (default ``<root>/ffcv``).
+        ffcv_write_mode: how RGB images are stored: ``raw`` (exact) or ``jpg``.
+        ffcv_order: FFCV's training order, ``random`` or ``quasi_random`` (with ``os_cache: false``
+            for data larger than memory).
+        os_cache: FFCV reads through the OS page cache (else its own quasi-random buffer).
     """
 
     def __init__(
@@ -105,6 +116,11 @@ class VisionDataModule(pl.LightningDataModule):
         augment: bool = True,
         verify_md5: bool = True,
         seed: int = 0,
+        backend: Literal["torchvision", "ffcv", "auto"] = "torchvision",
+        beton_dir: str | None = None,
+        ffcv_write_mode: Literal["raw", "jpg"] = "raw",
+        ffcv_order: Literal["random", "quasi_random"] = "random",
+        os_cache: bool = True,
     ) -> None:
         super().__init__()
         self.spec: DatasetSpec = DATASETS.build(dataset)
@@ -119,6 +135,15 @@ class VisionDataModule(pl.LightningDataModule):
                 f"`bash scripts/fetch_data.sh {root}` (MNIST, Fashion-MNIST offline), point "
                 f"`data.root` at the data, or set `data.download: true` (needs internet)."
             )
+        if backend == "ffcv" and not ffcv_available():
+            from lightning_snn.data.ffcv import _require_ffcv
+
+            _require_ffcv()  # raises with the install instructions
+        if backend == "auto":
+            backend = "ffcv" if ffcv_available() else "torchvision"
+            if backend == "torchvision":
+                warnings.warn("FFCV is not installed: data.backend auto uses torchvision loaders")
+        self.backend = backend
         self.save_hyperparameters()
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
@@ -139,39 +164,78 @@ class VisionDataModule(pl.LightningDataModule):
             self.spec.cls, self.spec.cls
         )
 
-    def _open(self, train: bool, augment: bool) -> Dataset:
+    def _open(self, train: bool, augment: bool, transform: bool = True) -> Dataset:
         hp = self.hparams
         root = Path(hp.root).expanduser()
         tf = [v2.ToImage()] + (self.spec.train_augment if augment else [])
         tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.spec.mean, self.spec.std)]
         try:
-            return self._reader()(str(root), train=train, download=hp.download, transform=v2.Compose(tf))
+            return self._reader()(str(root), train=train, download=hp.download,
+                                  transform=v2.Compose(tf) if transform else None)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
             raise RuntimeError(f"cannot read data set {hp.dataset!r} under {root}: {e}") from e
 
+    def beton_path(self, train: bool) -> Path:
+        hp = self.hparams
+        folder = Path(hp.beton_dir) if hp.beton_dir else Path(hp.root).expanduser() / "ffcv"
+        mode = "" if self.spec.ffcv_pipeline == "gray" else f"_{hp.ffcv_write_mode}"
+        return folder / f"{hp.dataset}_{'train' if train else 'test'}{mode}.beton"
+
     def prepare_data(self) -> None:
-        if self.hparams.download:  # one process downloads; ``setup`` runs on every process
-            self._open(train=True, augment=False)
-            self._open(train=False, augment=False)
+        """Download if asked; for FFCV, write missing ``.beton`` files (one process does this)."""
+        if self.hparams.download or self.backend == "ffcv":
+            for train in (True, False):
+                data = self._open(train=train, augment=False, transform=False)
+                path = self.beton_path(train)
+                if self.backend == "ffcv" and not path.exists():
+                    write_beton(data, path, gray=self.spec.ffcv_pipeline == "gray",
+                                write_mode=self.hparams.ffcv_write_mode,
+                                num_workers=max(1, self.hparams.num_workers))
+
+    def _split(self, n: int) -> tuple[list[int], list[int]]:
+        """Training and validation indices of the training split (``val_size`` held out)."""
+        hp = self.hparams
+        if hp.val_size >= n:
+            raise ValueError(f"val_size {hp.val_size} >= training set size {n}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
+        return perm[hp.val_size:], perm[: hp.val_size]
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        if self.backend == "ffcv":
+            for train in (True, False):
+                check_beton(self.beton_path(train))
+            return
         if stage in ("fit", "validate", None) and self.data_train is None:
             train = self._open(train=True, augment=hp.augment)
             if hp.val_size:
-                n = len(train)
-                if hp.val_size >= n:
-                    raise ValueError(f"val_size {hp.val_size} >= training set size {n}")
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
-                plain = self._open(train=True, augment=False)
-                self.data_train = Subset(train, perm[hp.val_size:])
-                self.data_val = Subset(plain, perm[: hp.val_size])
+                train_idx, val_idx = self._split(len(train))
+                self.data_train = Subset(train, train_idx)
+                self.data_val = Subset(self._open(train=True, augment=False), val_idx)
             else:
                 self.data_train = train
         if self.data_test is None and (stage in ("test", "predict", None) or not hp.val_size):
             self.data_test = self._open(train=False, augment=False)
             if not hp.val_size:
                 self.data_val = self.data_test
+
+    def _ffcv(self, split: Literal["train", "val", "test"]) -> Any:
+        hp = self.hparams
+        from_train = split == "train" or (split == "val" and hp.val_size > 0)
+        path = self.beton_path(from_train)
+        indices = None
+        if from_train and hp.val_size:
+            train_idx, val_idx = self._split(check_beton(path))
+            indices = train_idx if split == "train" else val_idx
+        trainer = self.trainer
+        return ffcv_loader(
+            path, pipeline=self.spec.ffcv_pipeline, train=split == "train",
+            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
+            mean=self.spec.mean, std=self.spec.std, num_workers=max(1, hp.num_workers),
+            indices=indices, distributed=bool(trainer and trainer.world_size > 1), seed=hp.seed,
+            order=hp.ffcv_order if split == "train" else None, os_cache=hp.os_cache,
+            augment=hp.augment,
+        )
 
     def _loader(self, data: Dataset | None, train: bool) -> DataLoader:
         hp = self.hparams
@@ -185,14 +249,14 @@ class VisionDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, train=True)
+    def train_dataloader(self) -> Any:
+        return self._ffcv("train") if self.backend == "ffcv" else self._loader(self.data_train, True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, train=False)
+    def val_dataloader(self) -> Any:
+        return self._ffcv("val") if self.backend == "ffcv" else self._loader(self.data_val, False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, train=False)
+    def test_dataloader(self) -> Any:
+        return self._ffcv("test") if self.backend == "ffcv" else self._loader(self.data_test, False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, train=False)
+    def predict_dataloader(self) -> Any:
+        return self.test_dataloader()

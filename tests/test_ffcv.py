@@ -1,0 +1,156 @@
+"""FFCV: real .beton files written from real data, read back with FFCV's Loader."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torchvision import datasets
+
+from lightning_snn.cli import main
+from lightning_snn.data import VisionDataModule
+from lightning_snn.data.ffcv import BetonError, check_beton, ffcv_loader, write_beton
+from lightning_snn.data.vision import CIFAR10Unverified
+
+pytest.importorskip("ffcv", reason="ffcv is not installed (scripts/setup.sh installs it)")
+
+IDENTITY = dict(mean=(0.0,), std=(1 / 255,))  # NormalizeBatch then returns raw pixel values
+
+
+def read_all(loader):
+    xs, ys = zip(*[(x, y) for x, y in loader])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_fashion_mnist_roundtrip_is_exact(tmp_path, data_root):
+    ds = datasets.FashionMNIST(str(data_root), train=False)
+    path = write_beton(ds, tmp_path / "fm.beton", gray=True)
+    assert check_beton(path) == 10_000
+    x, y = read_all(ffcv_loader(path, pipeline="gray", train=False, batch_size=1000, num_workers=2, **IDENTITY))
+    assert x.shape == (10_000, 1, 28, 28) and y.dtype == torch.int64
+    assert torch.equal(x, ds.data.unsqueeze(1).float()) and torch.equal(y, ds.targets)
+
+
+@pytest.mark.parametrize("mode", ["raw", "jpg"])
+def test_cifar10_images_roundtrip(mode, tmp_path, data_root):
+    ds = CIFAR10Unverified(str(data_root), train=False)
+    path = write_beton(ds, tmp_path / f"c_{mode}.beton", write_mode=mode, jpeg_quality=90)
+    x, y = read_all(ffcv_loader(path, pipeline="cifar", train=False, batch_size=8, num_workers=1,
+                                mean=(0.0,) * 3, std=(1 / 255,) * 3))
+    ref = torch.tensor(ds.data).permute(0, 3, 1, 2).float()
+    assert y.tolist() == ds.targets
+    if mode == "raw":
+        assert torch.equal(x, ref)
+    else:  # JPEG at quality 90 on 32x32 images
+        err = (x - ref).abs()
+        assert 0 < err.mean() < 8 and err.max() < 100
+
+
+def test_damaged_files_are_named_in_the_error(tmp_path, data_root):
+    good = write_beton(CIFAR10Unverified(str(data_root), train=False), tmp_path / "c.beton")
+    truncated = tmp_path / "truncated.beton"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.beton"
+    garbage.write_bytes(os.urandom(4096))
+    for bad in (truncated, garbage):
+        with pytest.raises(BetonError, match=str(bad)):
+            check_beton(bad)
+        with pytest.raises(BetonError, match=str(bad)):
+            ffcv_loader(bad, pipeline="cifar", train=True, batch_size=4, mean=(0,) * 3, std=(1,) * 3)
+    with pytest.raises(FileNotFoundError, match="missing.beton does not exist"):
+        check_beton(tmp_path / "missing.beton")
+
+
+def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
+    ds = CIFAR10Unverified(str(data_root), train=False)
+    path = write_beton(ds, tmp_path / "c.beton")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="c.beton exists"):
+        write_beton(ds, path)
+    assert path.read_bytes() == before
+
+    class Broken:
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            if i == 13:
+                raise OSError("unreadable image 13")
+            return ds[i]
+
+    with pytest.raises(RuntimeError, match="1 sample.* could not be read, .*broken.beton not written: "
+                                           "sample 13: OSError: unreadable image 13"):
+        write_beton(Broken(), tmp_path / "broken.beton", num_workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+    from lightning_snn.data.ffcv import ffcv_loader
+
+    def run(rank, path, port, out):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        loader = ffcv_loader(path, pipeline="gray", train=True, batch_size=3, num_workers=1,
+                             distributed=True, seed=5, drop_last=False, mean=(0.0,), std=(1.0,))
+        seen = [int(v) for _, y in loader for v in y]
+        torch.save(seen, f"{out}.{rank}")
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        mp.spawn(run, args=tuple(sys.argv[1:]), nprocs=2)
+""")
+
+
+def test_two_process_ddp_reads_disjoint_shards_that_cover_the_set(tmp_path):
+    class Indexed:  # the label of sample i is i, so each rank reports which samples it read
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.full((1, 4, 4), i, dtype=torch.uint8), i
+
+    path = write_beton(Indexed(), tmp_path / "idx.beton", gray=True, num_workers=1)
+    script = tmp_path / "ddp_ffcv.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([sys.executable, str(script), str(path), str(port), str(tmp_path / "seen")],
+                   check=True, timeout=300, env=env)
+    a, b = (torch.load(tmp_path / f"seen.{r}") for r in (0, 1))
+    assert len(a) == len(b) == 20
+    assert not set(a) & set(b) and sorted(a + b) == list(range(40))
+
+
+def test_data_module_ffcv_backend_trains(tmp_path, data_root):
+    args = ["fit", "--config", "configs/fmnist_mlp_bptt.yaml", f"--data.root={data_root}",
+            "--data.dataset=cifar10", "--data.verify_md5=false", "--data.backend=ffcv",
+            f"--data.beton_dir={tmp_path / 'betons'}", "--data.batch_size=4", "--data.num_workers=1",
+            "--data.val_size=4", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
+    cli = main(args)
+    assert sorted(p.name for p in (tmp_path / "betons").iterdir()) == ["cifar10_test_raw.beton", "cifar10_train_raw.beton"]
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
+    dm = VisionDataModule("cifar10", root=str(data_root), verify_md5=False, backend="auto",
+                          beton_dir=str(tmp_path / "betons"), batch_size=4, val_size=4)
+    assert dm.backend == "ffcv"
+    dm.setup("fit")
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_write_beton_command(tmp_path, data_root):
+    out = tmp_path / "c.beton"
+    cmd = [sys.executable, "-m", "lightning_snn.data.write_beton", "--dataset=cifar10", f"--root={data_root}",
+           "--split=test", f"--out={out}", "--verify_md5=false", "--num_workers=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrote 20 samples" in r.stdout and check_beton(out) == 20
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "exists" in r.stderr
