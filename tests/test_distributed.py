@@ -21,6 +21,11 @@ from procs import ROOT, child_env, load_ckpt, max_weight_diff, run_cli, tiny_fit
 DDP_TOLERANCE = 1e-5
 
 
+def _start_fit(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lightning_snn", *args], cwd=ROOT, env=child_env(),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path, data_root):
     """2 gloo ranks x batch 8 == 1 process x batch 16: same samples per step, averaged gradients.
@@ -29,22 +34,18 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path, da
     statistics (``--trainer.sync_batchnorm`` fixes that on GPUs; torch's SyncBatchNorm has no CPU kernel).
     """
     common = dict(epochs=2, train_batches=5, hidden=64, batch_norm=False)
-    single = run_cli(tiny_fit_args(data_root, tmp_path / "single", batch_size=16, **common)
-                     + ["--trainer.devices=1"])
+    single = _start_fit(tiny_fit_args(data_root, tmp_path / "single", batch_size=16, **common)
+                        + ["--trainer.devices=1"], tmp_path / "single.log")  # in parallel
     ddp = run_cli(tiny_fit_args(data_root, tmp_path / "ddp", batch_size=8, **common)
                   + ["--trainer.devices=2", "--trainer.strategy=ddp"])
     assert "distributed_backend=gloo" in ddp.stderr + ddp.stdout
+    assert single.wait(timeout=240) == 0, (tmp_path / "single.log").read_text()[-3000:]
     a = load_ckpt(tmp_path / "single" / "checkpoints" / "last.ckpt")
     b = load_ckpt(tmp_path / "ddp" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 10
     diff = max_weight_diff(a, b)
     print(f"max |w_ddp - w_single| = {diff:.3g}")
     assert diff <= DDP_TOLERANCE
-
-
-def _start_fit(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lightning_snn", *args], cwd=ROOT, env=child_env(),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow

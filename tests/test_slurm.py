@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from lightning_snn.slurm.submit import main as submit_main
-from procs import CONFIGS, DIST_VARS, ROOT, load_ckpt, tiny_fit_args
+from lightning_snn.slurm.validate import time_limit_seconds
+from procs import CONFIGS, DIST_VARS, ROOT, load_ckpt, max_weight_diff, tiny_fit_args
 
 CLUSTER = ROOT / "slurm" / "local_cluster"
 PARTITION = "debug"
@@ -155,7 +156,32 @@ def test_usr1_requeues_resumes_and_ends_with_the_same_epoch_count(slurm_cluster,
     print(f"USR1 -> requeued job finished {round_trip:.1f} s later")
 
 
+@pytest.mark.slow
+def test_array_tasks_train_with_their_task_id_as_seed(slurm_cluster, submit_env, tmp_path, data_root, capsys):
+    out_dir = tmp_path / "runs"
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--gpus-per-node", "1", "--accelerator", "cpu",
+                            "--time", "5", "--partition", slurm_cluster, "--array", "0-1",
+                            "--output-dir", str(out_dir), "--workdir", str(ROOT), "--job-name", "seeds",
+                            "--", *job_train_args(data_root, epochs=1, batches=2))
+    assert code == 0, err
+    array_id = out.strip()
+    wait_gone(array_id, 240)
+    ckpts = {}
+    for task in (0, 1):
+        run = out_dir / "seeds" / f"{array_id}_{task}"
+        assert f"seed_everything: {task}" in (run / "logs" / "attempt0" / "config.yaml").read_text()
+        ckpts[task] = load_ckpt(run / "checkpoints" / "last.ckpt")
+        assert ckpts[task]["global_step"] == 2
+    assert max_weight_diff(ckpts[0], ckpts[1]) > 1e-3  # different seeds, different networks
+
+
 # ----------------------------------------------------------------------------- rendering and bad input
+@pytest.mark.parametrize("value, seconds", [("30", 1800), ("5:30", 330), ("02:00:00", 7200), ("1-12", 129600),
+                                            ("1-00:30", 88200), ("2-01:02:03", 176523), ("UNLIMITED", None)])
+def test_every_slurm_time_form_is_accepted(value, seconds):
+    assert time_limit_seconds(value) == seconds
+
+
 def test_dry_run_prints_the_rendered_script_and_submits_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no cluster needed to render
     code, out, err = submit(capsys, "--config", str(CONFIG), "--nodes", "2", "--gpus-per-node", "4",
@@ -168,6 +194,19 @@ def test_dry_run_prints_the_rendered_script_and_submits_nothing(tmp_path, capsys
                  "--trainer.strategy=ddp", '--seed_everything="$SLURM_ARRAY_TASK_ID"', "--trainer.max_epochs=7"]:
         assert line in out, line
     assert "srun" in out and not any(tmp_path.iterdir())
+    syntax = subprocess.run(["bash", "-n"], input=out, capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_rendered_single_node_script_is_accepted_by_sbatch(slurm_cluster, tmp_path, capsys):
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--gpus-per-node", "2", "--accelerator", "cpu",
+                            "--time", "00:10:00", "--partition", slurm_cluster, "--dry-run",
+                            "--output-dir", str(tmp_path))
+    assert code == 0, err
+    script = tmp_path / "job.sbatch"
+    script.write_text(out)
+    test = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and "to start at" in test.stderr, test.stderr
 
 
 @pytest.mark.parametrize(
