@@ -1,7 +1,7 @@
 """The submit CLI and jobs on a real single-node SLURM cluster (started by slurm/local_cluster/start.sh).
 
 The cluster needs root and Debian packages (the start script installs them); it is started once per
-session and stopped at the end unless it was already running.
+test run and stopped at the end unless it was already running.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _controller_up() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A running local cluster with partition ``debug``; stopped after the session if started here."""
+    """A running local cluster with partition ``debug``; stopped after the test run if started here."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("the local SLURM cluster needs root and apt-get (Debian): slurm/local_cluster/start.sh")
     was_up = _controller_up()
@@ -186,12 +186,14 @@ def test_dry_run_prints_the_rendered_script_and_submits_nothing(tmp_path, capsys
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no cluster needed to render
     code, out, err = submit(capsys, "--config", str(CONFIG), "--nodes", "2", "--gpus-per-node", "4",
                             "--time", "1-00:00:00", "--partition", "gpu", "--array", "0-2", "--dry-run",
-                            "--output-dir", str(tmp_path), "--", "--trainer.max_epochs=7")
+                            "--output-dir", str(tmp_path), "--sync-batchnorm", "--sbatch=--mem=4G",
+                            "--", "--trainer.max_epochs=7")
     assert code == 0, err
     for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --array=0-2", "#SBATCH --time=1-00:00:00", "#SBATCH --signal=USR1@90",
                  "#SBATCH --requeue", "--trainer.num_nodes=2", "--trainer.devices=4",
-                 "--trainer.strategy=ddp", '--seed_everything="$SLURM_ARRAY_TASK_ID"', "--trainer.max_epochs=7"]:
+                 "--trainer.strategy=ddp", '--seed_everything="$SLURM_ARRAY_TASK_ID"', "--trainer.max_epochs=7",
+                 "#SBATCH --mem=4G", "--trainer.sync_batchnorm=true"]:
         assert line in out, line
     assert "srun" in out and not any(tmp_path.iterdir())
     syntax = subprocess.run(["bash", "-n"], input=out, capture_output=True, text=True)

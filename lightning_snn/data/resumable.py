@@ -10,6 +10,11 @@ The order of samples in epoch ``e`` is a pure function of ``(seed, e)``: the sam
 as it is under DDP instead of replacing it. With one process it is the whole permutation, and the
 ``2k``-th global batch of size ``2B`` on one process holds the same samples as the ``k``-th
 batches of size ``B`` on two ranks together.
+
+The position is the number of batches the loop has *completed*. A checkpoint taken between steps
+(``ModelCheckpoint``, epoch ends) is therefore exact; one taken by a signal handler in the middle
+of a step (SLURM's ``hpc_ckpt_N.ckpt`` on USR1) holds the weights of that moment and resumes by
+repeating the interrupted batch, as Lightning's own loop counters do.
 """
 
 from __future__ import annotations
