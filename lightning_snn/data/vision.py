@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
+from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
 from lightning_snn.registry import Registry
 
 
@@ -148,6 +150,7 @@ class VisionDataModule(pl.LightningDataModule):
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
 
     @property
     def num_classes(self) -> int:
@@ -237,26 +240,65 @@ class VisionDataModule(pl.LightningDataModule):
             augment=hp.augment,
         )
 
-    def _loader(self, data: Dataset | None, train: bool) -> DataLoader:
+    def _eval_loader(self, data: Dataset | None) -> DataLoader:
         hp = self.hparams
         return DataLoader(
             data,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
-            drop_last=train,
+            batch_size=hp.eval_batch_size or hp.batch_size,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> Any:
-        return self._ffcv("train") if self.backend == "ffcv" else self._loader(self.data_train, True)
+        """torchvision: shuffled by ``(seed, epoch)``, split across ranks, resumable mid-epoch
+        (see ``resumable``). FFCV: shuffled by FFCV with the same seed, its own rank split."""
+        if self.backend == "ffcv":
+            return self._ffcv("train")
+        hp = self.hparams
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(self.data_train, world=world, rank=rank, shuffle=True, seed=hp.seed)
+        if self._resume_position is not None:  # restored from a checkpoint: continue where it stopped
+            epoch, batches = self._resume_position
+            sampler.resume_at(epoch, batches * hp.batch_size)
+            self._resume_position = None
+        return ResumableDataLoader(
+            self.data_train,
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            position=self._train_position if trainer is not None else None,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training loop is, to resume mid-epoch exactly."""
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"train_position": list(self._train_position())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning on resume, before it builds the train loader."""
+        if "train_position" in state_dict:
+            self._resume_position = tuple(state_dict["train_position"])
+
+    def _train_position(self) -> tuple[int, int]:
+        """``(epoch, batches completed in it)`` of the fit loop; a finished epoch is ``(epoch + 1, 0)``."""
+        trainer = self.trainer
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return epoch + 1, 0
+        return epoch, done
 
     def val_dataloader(self) -> Any:
-        return self._ffcv("val") if self.backend == "ffcv" else self._loader(self.data_val, False)
+        return self._ffcv("val") if self.backend == "ffcv" else self._eval_loader(self.data_val)
 
     def test_dataloader(self) -> Any:
-        return self._ffcv("test") if self.backend == "ffcv" else self._loader(self.data_test, False)
+        return self._ffcv("test") if self.backend == "ffcv" else self._eval_loader(self.data_test)
 
     def predict_dataloader(self) -> Any:
         return self.test_dataloader()

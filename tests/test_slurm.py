@@ -1,0 +1,246 @@
+"""The submit CLI and jobs on a real single-node SLURM cluster (started by slurm/local_cluster/start.sh).
+
+The cluster needs root and Debian packages (the start script installs them); it is started once per
+test run and stopped at the end unless it was already running.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_snn.slurm.submit import main as submit_main
+from lightning_snn.slurm.validate import time_limit_seconds
+from procs import CONFIGS, DIST_VARS, ROOT, load_ckpt, max_weight_diff, tiny_fit_args
+
+CLUSTER = ROOT / "slurm" / "local_cluster"
+PARTITION = "debug"
+CONFIG = CONFIGS / "fmnist_mlp_bptt.yaml"
+
+
+def _controller_up() -> bool:
+    if shutil.which("scontrol") is None:
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running local cluster with partition ``debug``; stopped after the test run if started here."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("the local SLURM cluster needs root and apt-get (Debian): slurm/local_cluster/start.sh")
+    was_up = _controller_up()
+    subprocess.run(["bash", str(CLUSTER / "start.sh")], check=True, timeout=900)
+    yield PARTITION
+    if not was_up:
+        subprocess.run(["bash", str(CLUSTER / "stop.sh")], timeout=300)
+
+
+@pytest.fixture
+def submit_env(monkeypatch):
+    """sbatch exports the submitting environment: keep distributed variables of this process out of it."""
+    for var in DIST_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+def submit(capsys, *args: str) -> tuple[int, str, str]:
+    code = submit_main(["submit", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (finished jobs stay visible for MinJobAge = 300 s)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_gone(job_id: str, timeout: float) -> float:
+    """Seconds until the job left the queue (completed, failed or cancelled)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout
+        if not out.strip():
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id])
+    raise AssertionError(f"job {job_id} still queued after {timeout} s: {job_fields(job_id)}")
+
+
+def metric_epochs(run_dir: Path) -> set[int]:
+    """Epochs with a validation accuracy in any attempt's metrics.csv."""
+    epochs = set()
+    for f in run_dir.glob("logs/attempt*/metrics.csv"):
+        with f.open() as fh:
+            epochs |= {int(r["epoch"]) for r in csv.DictReader(fh) if r.get("val/acc")}
+    return epochs
+
+
+def job_train_args(data_root: Path, *, epochs: int, batches: int) -> list[str]:
+    """Training overrides for a job (the template sets run dir, logger and checkpoint paths)."""
+    keep = ("--data.", "--model.", "--trainer.max_epochs", "--trainer.limit_", "--test_after_fit",
+            "--trainer.enable_")
+    return [a for a in tiny_fit_args(data_root, Path("unused"), epochs=epochs, train_batches=batches)
+            if a.startswith(keep)]
+
+
+# ----------------------------------------------------------------------------- jobs on the cluster
+@pytest.mark.slow
+def test_submitted_ddp_job_trains_and_writes_checkpoint_and_metrics(slurm_cluster, submit_env, tmp_path,
+                                                                    data_root, capsys):
+    out_dir = tmp_path / "runs"
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--nodes", "1", "--gpus-per-node", "2",
+                            "--accelerator", "cpu", "--time", "5", "--partition", slurm_cluster,
+                            "--output-dir", str(out_dir), "--workdir", str(ROOT), "--job-name", "e2e",
+                            "--", *job_train_args(data_root, epochs=2, batches=4))
+    assert code == 0, err
+    job_id = out.strip()
+    assert job_id.isdigit() and f"submitted job {job_id}" in err
+    wait_gone(job_id, 240)
+    log = (out_dir / "e2e" / f"e2e-{job_id}.out").read_text()
+    info = job_fields(job_id)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
+    assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log
+    run = out_dir / "e2e" / job_id
+    ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 * 4
+    assert metric_epochs(run) == {0, 1}
+
+
+@pytest.mark.slow
+def test_usr1_requeues_resumes_and_ends_with_the_same_epoch_count(slurm_cluster, submit_env, tmp_path,
+                                                                  data_root, capsys):
+    """USR1 (as before a time limit): hpc checkpoint, requeue, restart resumes from it and finishes."""
+    epochs, batches = 3, 15
+    out_dir = tmp_path / "runs"
+    common = ["--config", str(CONFIG), "--nodes", "1", "--gpus-per-node", "1", "--accelerator", "cpu",
+              "--time", "5", "--partition", slurm_cluster, "--output-dir", str(out_dir), "--workdir", str(ROOT)]
+    train = ["--", *job_train_args(data_root, epochs=epochs, batches=batches)]
+    jobs = {}
+    for name in ("plain", "preempted"):
+        code, out, err = submit(capsys, *common, "--job-name", name, *train)
+        assert code == 0, err
+        jobs[name] = out.strip()
+    run = out_dir / "preempted" / jobs["preempted"]
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoints" / "last.ckpt").exists():  # first epoch done: training is under way
+        assert time.monotonic() < deadline, job_fields(jobs["preempted"])
+        time.sleep(0.1)
+    t_signal = time.monotonic()
+    subprocess.run(["scancel", "--signal=USR1", jobs["preempted"]], check=True, timeout=30)
+    wait_gone(jobs["preempted"], 300)
+    round_trip = time.monotonic() - t_signal
+    wait_gone(jobs["plain"], 300)
+
+    log = (out_dir / "preempted" / f"preempted-{jobs['preempted']}.out").read_text()
+    info = job_fields(jobs["preempted"])
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-4000:]
+    assert "Handling auto-requeue signal" in log or (run / "hpc_ckpt_1.ckpt").exists(), log[-4000:]
+    assert (run / "hpc_ckpt_1.ckpt").exists()
+    assert f"attempt 1 of job {jobs['preempted']}" in log
+    assert f"resume from '{run}/hpc_ckpt_1.ckpt'" in log
+    assert "Restored all states from the checkpoint" in log
+
+    plain = load_ckpt(out_dir / "plain" / jobs["plain"] / "checkpoints" / "last.ckpt")
+    preempted = load_ckpt(run / "checkpoints" / "last.ckpt")
+    assert preempted["global_step"] == plain["global_step"] == epochs * batches
+    assert metric_epochs(run) == metric_epochs(out_dir / "plain" / jobs["plain"]) == set(range(epochs))
+    print(f"USR1 -> requeued job finished {round_trip:.1f} s later")
+
+
+@pytest.mark.slow
+def test_array_tasks_train_with_their_task_id_as_seed(slurm_cluster, submit_env, tmp_path, data_root, capsys):
+    out_dir = tmp_path / "runs"
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--gpus-per-node", "1", "--accelerator", "cpu",
+                            "--time", "5", "--partition", slurm_cluster, "--array", "0-1",
+                            "--output-dir", str(out_dir), "--workdir", str(ROOT), "--job-name", "seeds",
+                            "--", *job_train_args(data_root, epochs=1, batches=2))
+    assert code == 0, err
+    array_id = out.strip()
+    wait_gone(array_id, 240)
+    ckpts = {}
+    for task in (0, 1):
+        run = out_dir / "seeds" / f"{array_id}_{task}"
+        assert f"seed_everything: {task}" in (run / "logs" / "attempt0" / "config.yaml").read_text()
+        ckpts[task] = load_ckpt(run / "checkpoints" / "last.ckpt")
+        assert ckpts[task]["global_step"] == 2
+    assert max_weight_diff(ckpts[0], ckpts[1]) > 1e-3  # different seeds, different networks
+
+
+# ----------------------------------------------------------------------------- rendering and bad input
+@pytest.mark.parametrize("value, seconds", [("30", 1800), ("5:30", 330), ("02:00:00", 7200), ("1-12", 129600),
+                                            ("1-00:30", 88200), ("2-01:02:03", 176523), ("UNLIMITED", None)])
+def test_every_slurm_time_form_is_accepted(value, seconds):
+    assert time_limit_seconds(value) == seconds
+
+
+def test_dry_run_prints_the_rendered_script_and_submits_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no cluster needed to render
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--nodes", "2", "--gpus-per-node", "4",
+                            "--time", "1-00:00:00", "--partition", "gpu", "--array", "0-2", "--dry-run",
+                            "--output-dir", str(tmp_path), "--sync-batchnorm", "--sbatch=--mem=4G",
+                            "--", "--trainer.max_epochs=7")
+    assert code == 0, err
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --array=0-2", "#SBATCH --time=1-00:00:00", "#SBATCH --signal=USR1@90",
+                 "#SBATCH --requeue", "--trainer.num_nodes=2", "--trainer.devices=4",
+                 "--trainer.strategy=ddp", '--seed_everything="$SLURM_ARRAY_TASK_ID"', "--trainer.max_epochs=7",
+                 "#SBATCH --mem=4G", "--trainer.sync_batchnorm=true"]:
+        assert line in out, line
+    assert "srun" in out and not any(tmp_path.iterdir())
+    syntax = subprocess.run(["bash", "-n"], input=out, capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_rendered_single_node_script_is_accepted_by_sbatch(slurm_cluster, tmp_path, capsys):
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--gpus-per-node", "2", "--accelerator", "cpu",
+                            "--time", "00:10:00", "--partition", slurm_cluster, "--dry-run",
+                            "--output-dir", str(tmp_path))
+    assert code == 0, err
+    script = tmp_path / "job.sbatch"
+    script.write_text(out)
+    test = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and "to start at" in test.stderr, test.stderr
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"--config": "configs/nope.yaml"}, ["--config 'configs/nope.yaml' does not exist"]),
+        ({"--nodes": "0"}, ["--nodes must be a positive integer, got 0"]),
+        ({"--nodes": "-2"}, ["--nodes must be a positive integer, got -2"]),
+        ({"--gpus-per-node": "0"}, ["--gpus-per-node must be a positive integer, got 0"]),
+        ({"--gpus-per-node": "-1"}, ["--gpus-per-node must be a positive integer, got -1"]),
+        ({"--time": "2h"}, ["--time '2h' is not a SLURM time limit", "HH:MM:SS", "D-HH:MM:SS"]),
+        ({"--time": "1:99:00"}, ["--time '1:99:00' is not a SLURM time limit"]),
+        ({"--time": "1"}, ["--signal-lead 90 s is not shorter than the time limit (60 s)"]),
+        ({"--array": "0..3"}, ["--array '0..3' is not a SLURM array spec", "0-4"]),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_anything_is_submitted(change, expected, tmp_path, capsys,
+                                                                 monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or pytest.fail("ran a command"))
+    opts = {"--config": str(CONFIG), "--nodes": "1", "--gpus-per-node": "1", "--time": "10",
+            "--partition": "debug", "--output-dir": str(tmp_path)} | change
+    code, out, err = submit(capsys, *[x for kv in opts.items() for x in kv])
+    assert code == 2 and out == ""
+    for piece in expected:
+        assert piece in err, err
+    assert not calls and not any(tmp_path.iterdir())
+
+
+def test_unknown_partition_names_the_ones_sinfo_reports(slurm_cluster, tmp_path, capsys):
+    code, out, err = submit(capsys, "--config", str(CONFIG), "--time", "10", "--partition", "gpu-huge",
+                            "--output-dir", str(tmp_path))
+    assert code == 2 and out == ""
+    assert f"unknown partition 'gpu-huge'; partitions on this cluster (sinfo): {slurm_cluster}" in err
+    assert not any(tmp_path.iterdir())
