@@ -33,7 +33,7 @@ def tiny_fit_args(data_root: Path, run_dir: Path, *, batch_size: int = 16, epoch
         "--data.eval_batch_size=250", "--data.val_size=0",
         f"--model.network_args={{'hidden': [{hidden}], 'batch_norm': {batch_norm}}}",
         f"--trainer.max_epochs={epochs}", f"--trainer.limit_train_batches={train_batches}",
-        "--trainer.limit_val_batches=2", "--test_after_fit=false", "--trainer.accelerator=cpu",
+        "--trainer.limit_val_batches=2", "--test_after_fit=null", "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
         f"--checkpoint.dirpath={run_dir / 'checkpoints'}",
