@@ -53,6 +53,33 @@ def test_cifar100_layout(tmp_path, data_root):
 
 
 def test_registry_names():
-    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "mnist"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "imagenet", "mnist"]
     with pytest.raises(ValueError, match="unknown dataset 'svhn'; valid choices: cifar10"):
         VisionDataModule("svhn")
+
+
+def write_image_folder(src, root, size=64):
+    """An ImageNet-style class-folder tree of JPEGs made from the 20 real CIFAR-10 images."""
+    from PIL import Image
+
+    batch = pickle.load(open(src / "cifar-10-batches-py" / "test_batch", "rb"), encoding="latin1")
+    images = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    for split in ("train", "val"):
+        for i, (img, label) in enumerate(zip(images, batch["labels"])):
+            folder = root / "imagenet" / split / f"n{label:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).resize((size, size)).save(folder / f"img_{i}.JPEG", quality=95)
+    return len(set(batch["labels"]))
+
+
+def test_imagenet_folder_layout(tmp_path, data_root):
+    classes = write_image_folder(data_root, tmp_path)
+    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=4, num_workers=0)
+    assert dm.num_classes == 1000 and dm.input_shape == (3, 224, 224)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 224, 224) and int(y.max()) < classes
+    xv, _ = next(iter(dm.val_dataloader()))
+    assert xv.shape == (4, 3, 224, 224)
+    with pytest.raises(FileNotFoundError, match="imagenet does not exist"):
+        VisionDataModule("imagenet", root=str(tmp_path / "nowhere"))

@@ -154,3 +154,18 @@ def test_write_beton_command(tmp_path, data_root):
     assert "wrote 20 samples" in r.stdout and check_beton(out) == 20
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "exists" in r.stderr
+
+
+def test_imagenet_style_folder_to_jpeg_beton(tmp_path, data_root):
+    from test_data import write_image_folder
+
+    write_image_folder(data_root, tmp_path, size=96)
+    dm = VisionDataModule("imagenet", root=str(tmp_path), backend="ffcv", ffcv_write_mode="jpg",
+                          ffcv_max_resolution=64, batch_size=4, num_workers=1)
+    dm.prepare_data()
+    assert check_beton(dm.beton_path(True)) == 20
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))  # random-resized crop to 224
+    assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
+    xv, _ = next(iter(dm.val_dataloader()))  # centre crop
+    assert xv.shape == (4, 3, 224, 224)

@@ -39,6 +39,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     train_augment: list[Callable] = field(default_factory=list)
     ffcv_pipeline: Pipeline = "gray"
+    eval_resize: list[Callable] = field(default_factory=list)  # evaluation-time resize / crop
 
 
 class _CIFARNoMd5:
@@ -62,7 +63,20 @@ class CIFAR100Unverified(_CIFARNoMd5, datasets.CIFAR100):
     pass
 
 
+def imagenet_folder(root: str, train: bool, download: bool, transform: Callable | None) -> Dataset:
+    """ILSVRC-2012 as ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG`` (the usual
+    ``ImageFolder`` layout; ``valprep.sh`` sorts the validation images into class folders)."""
+    if download:
+        raise ValueError("ImageNet cannot be downloaded automatically: get ILSVRC-2012 from "
+                         "image-net.org and lay it out as imagenet/train and imagenet/val")
+    split = Path(root) / ("train" if train else "val")
+    if not split.is_dir():
+        raise RuntimeError(f"{split} does not exist (expected ImageFolder class sub-folders)")
+    return datasets.ImageFolder(str(split), transform=transform)
+
+
 _CIFAR_AUG = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 for _name, _spec in {
@@ -78,6 +92,12 @@ for _name, _spec in {
         datasets.CIFAR100, "cifar-100-python", (3, 32, 32), 100,
         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR_AUG, "cifar",
     ),
+    "imagenet": DatasetSpec(
+        lambda root, **kw: imagenet_folder(str(Path(root) / "imagenet"), **kw), "imagenet",
+        (3, 224, 224), 1000, *_IMAGENET,
+        [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()], "imagenet",
+        [v2.Resize(256, antialias=True), v2.CenterCrop(224)],
+    ),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
 
@@ -86,7 +106,8 @@ class VisionDataModule(pl.LightningDataModule):
     """Train / val / test loaders for a registered image data set.
 
     Args:
-        dataset: data-set name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``).
+        dataset: data-set name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
+            ``imagenet`` = ``<root>/imagenet/{train,val}`` class folders).
         root: directory holding the data set in torchvision's layout.
         download: fetch the files from their origin if missing (needs internet).
         batch_size: per-process batch size (under DDP the global batch is ``batch_size * world``).
@@ -101,6 +122,7 @@ class VisionDataModule(pl.LightningDataModule):
             torchvision data set on first use) or ``auto`` (FFCV when it is installed).
         beton_dir: where the ``.beton`` files live (default ``<root>/ffcv``).
         ffcv_write_mode: how RGB images are stored: ``raw`` (exact) or ``jpg``.
+        ffcv_max_resolution: downscale stored RGB images to at most this side (ImageNet: 256-512).
         ffcv_order: FFCV's training order, ``random`` or ``quasi_random`` (with ``os_cache: false``
             for data larger than memory).
         os_cache: FFCV reads through the OS page cache (else its own quasi-random buffer).
@@ -121,6 +143,7 @@ class VisionDataModule(pl.LightningDataModule):
         backend: Literal["torchvision", "ffcv", "auto"] = "torchvision",
         beton_dir: str | None = None,
         ffcv_write_mode: Literal["raw", "jpg"] = "raw",
+        ffcv_max_resolution: int | None = None,
         ffcv_order: Literal["random", "quasi_random"] = "random",
         os_cache: bool = True,
     ) -> None:
@@ -170,7 +193,7 @@ class VisionDataModule(pl.LightningDataModule):
     def _open(self, train: bool, augment: bool, transform: bool = True) -> Dataset:
         hp = self.hparams
         root = Path(hp.root).expanduser()
-        tf = [v2.ToImage()] + (self.spec.train_augment if augment else [])
+        tf = [v2.ToImage()] + (self.spec.train_augment if augment else self.spec.eval_resize)
         tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.spec.mean, self.spec.std)]
         try:
             return self._reader()(str(root), train=train, download=hp.download,
@@ -193,6 +216,7 @@ class VisionDataModule(pl.LightningDataModule):
                 if self.backend == "ffcv" and not path.exists():
                     write_beton(data, path, gray=self.spec.ffcv_pipeline == "gray",
                                 write_mode=self.hparams.ffcv_write_mode,
+                                max_resolution=self.hparams.ffcv_max_resolution,
                                 num_workers=max(1, self.hparams.num_workers))
 
     def _split(self, n: int) -> tuple[list[int], list[int]]:
