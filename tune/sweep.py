@@ -87,7 +87,9 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
 def make_scheduler(kind: str, max_epochs: int | None, grace: int) -> TrialScheduler:
     if kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs or 100,
+    # max_t past the last epoch: a trial that reaches the end finishes on its own (its loggers
+    # close normally) instead of being stopped by the scheduler at its final report.
+    return ASHAScheduler(time_attr="training_iteration", max_t=(max_epochs or 100) + 1,
                          grace_period=grace, reduction_factor=2)
 
 
@@ -109,9 +111,9 @@ def make_search(kind: str, metric: str, mode: str, seed: int, max_concurrent: in
     return search
 
 
-def _spec(opts: argparse.Namespace, trial_overrides: list[str], name: str) -> TrialSpec:
+def _spec(opts: argparse.Namespace, trial_overrides: list[str], name: str, exp_dir: Path) -> TrialSpec:
     return TrialSpec(
-        config=str(Path(opts.config).resolve()), overrides=trial_overrides, cwd=os.getcwd(),
+        config=str(Path(opts.config).resolve()), output_dir=str(exp_dir), overrides=trial_overrides, cwd=os.getcwd(),
         max_epochs=opts.max_epochs, sweep_name=name, wandb_project=opts.wandb_project,
         wandb_tags=list(opts.wandb_tags),
     )
@@ -156,7 +158,7 @@ def run(argv: list[str]) -> tune.ResultGrid:
         exp_dir = storage / name
         if (exp_dir / ARGS_FILE).exists():
             raise SystemExit(f"{exp_dir} holds a sweep already: --resume it or pick another --name")
-        spec = _spec(opts, trial_overrides, name)
+        spec = _spec(opts, trial_overrides, name, exp_dir)
         space = load_space(opts.space)
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / ARGS_FILE).write_text(json.dumps({
@@ -176,7 +178,7 @@ def run(argv: list[str]) -> tune.ResultGrid:
                 search_alg=make_search(opts.search, opts.metric, opts.mode, opts.seed,
                                        opts.max_concurrent),
                 max_concurrent_trials=opts.max_concurrent or None,
-                reuse_actors=True,  # a worker that already imported torch/Lightning runs the next trial
+                reuse_actors=False,  # a fresh worker per trial: no state (W&B run, seeds) carried over
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), verbose=1,
@@ -196,7 +198,13 @@ def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> N
     for r in results:
         state = "FAILED" if r.error else "ok"
         value = r.metrics.get(metric) if r.metrics else None
-        print(f"  {r.path.rsplit('/', 1)[-1]}: {state} {metric}={value} config={r.config}")
+        config = r.config
+        params = Path(r.path) / "params.json"
+        if config is None and params.is_file():  # a trial that failed before reporting
+            config = json.loads(params.read_text())
+        print(f"  {r.path.rsplit('/', 1)[-1]}: {state} {metric}={value} config={config}")
+        if r.error:
+            print(f"    error: {str(r.error).strip().splitlines()[-1][:300]}")
     try:
         best = results.get_best_result(metric=metric, mode=mode, scope="all")
     except RuntimeError as exc:

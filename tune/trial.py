@@ -31,6 +31,8 @@ class TrialSpec:
 
     Args:
         config: absolute path of the experiment config.
+        output_dir: the experiment directory; trial ``<id>`` logs (CSV or W&B offline runs) and
+            Lightning checkpoints go to ``<output_dir>/trials/<id>`` (a path every node sees).
         overrides: ``--key=value`` options applied to every trial before its sampled ones.
         cwd: directory relative paths in the config (e.g. ``data.root``) are resolved against.
         metrics: Lightning metric names reported to Tune each validation epoch.
@@ -41,6 +43,7 @@ class TrialSpec:
     """
 
     config: str
+    output_dir: str = "."
     overrides: list[str] = field(default_factory=list)
     cwd: str = "."
     metrics: list[str] = field(default_factory=lambda: ["val/acc", "val/loss", "train/loss"])
@@ -90,7 +93,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from lightning_snn.cli import main
 
     ctx = tune.get_context()
-    trial_dir = ctx.get_trial_dir()
+    # Not ctx.get_trial_dir(): that is a node-local staging copy, synced (or not) by Ray later.
+    trial_dir = str(Path(spec.output_dir) / "trials" / ctx.get_trial_id())
+    os.makedirs(trial_dir, exist_ok=True)
     if os.path.isdir(spec.cwd):
         os.chdir(spec.cwd)  # relative paths mean what they mean to the launching command line
     with ExitStack() as stack:
@@ -100,19 +105,24 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             ckpt_dir = stack.enter_context(checkpoint.as_directory())
             ckpt_path = str(Path(ckpt_dir) / CHECKPOINT_FILE)
         args = trial_args(spec, config, trial_dir, ctx.get_trial_name(), ctx.get_trial_id(), ckpt_path)
-        ok = False
+        ok, stopped = False, False
         try:
             main(args, save_config_kwargs={"overwrite": True})
             ok = True
-        except SystemExit as exc:  # the parser rejected the overrides: a failed trial, not a dead worker
+        except SystemExit as exc:
+            if exc.code in (0, None):  # Tune stopped the trial (scheduler decision) inside report()
+                stopped = True
+                raise
+            # the parser rejected the overrides: a failed trial, not a dead worker
             raise RuntimeError(
                 f"the command line rejected this trial (exit {exc.code}); see the trial's stderr. "
                 f"Overrides: {to_overrides(config)}"
             ) from None
         finally:
-            if spec.wandb_project:
+            if spec.wandb_project and not stopped:
                 import wandb
 
                 if wandb.run is not None:
                     wandb.finish(exit_code=0 if ok else 1)
-                wandb.teardown()  # stop W&B's service now, not in an atexit hook of a killed worker
+            # A stopped trial's actor is ending: W&B's own exit hook finishes the run then, which
+            # is not cut short the way a finish racing the actor's shutdown in this thread is.
