@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from tune.space import load_space
-from tune.trial import TrialSpec, run_trial
+from tune.trial import TrialSpec, make_trainable
 
 ARGS_FILE = "sweep_args.json"
 
@@ -146,8 +146,7 @@ def run(argv: list[str]) -> tune.ResultGrid:
         saved = json.loads(saved_file.read_text())
         spec = TrialSpec(**saved["spec"])
         start_ray(opts.address or saved.get("address"), opts.num_cpus or saved.get("num_cpus"))
-        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
-                                        saved["resources"])
+        trainable = make_trainable(spec, saved["resources"])
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=opts.restart_errored)
         metric, mode = saved["metric"], saved["mode"]
@@ -167,8 +166,7 @@ def run(argv: list[str]) -> tune.ResultGrid:
             "num_cpus": opts.num_cpus,
         }, indent=2))
         start_ray(opts.address, opts.num_cpus)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
-                                        opts.resources_per_trial)
+        trainable = make_trainable(spec, opts.resources_per_trial)
         tuner = tune.Tuner(
             trainable,
             param_space=space,

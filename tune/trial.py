@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +106,13 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             ckpt_dir = stack.enter_context(checkpoint.as_directory())
             ckpt_path = str(Path(ckpt_dir) / CHECKPOINT_FILE)
         args = trial_args(spec, config, trial_dir, ctx.get_trial_name(), ctx.get_trial_id(), ckpt_path)
-        ok, stopped = False, False
+        ok = False
         try:
             main(args, save_config_kwargs={"overwrite": True})
             ok = True
         except SystemExit as exc:
             if exc.code in (0, None):  # Tune stopped the trial (scheduler decision) inside report()
-                stopped = True
+                ok = True
                 raise
             # the parser rejected the overrides: a failed trial, not a dead worker
             raise RuntimeError(
@@ -119,10 +120,36 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                 f"Overrides: {to_overrides(config)}"
             ) from None
         finally:
-            if spec.wandb_project and not stopped:
+            if spec.wandb_project:
                 import wandb
 
                 if wandb.run is not None:
                     wandb.finish(exit_code=0 if ok else 1)
-            # A stopped trial's actor is ending: W&B's own exit hook finishes the run then, which
-            # is not cut short the way a finish racing the actor's shutdown in this thread is.
+
+
+def make_trainable(spec: TrialSpec, resources: dict[str, float], stop_timeout_s: float = 120.0) -> Any:
+    """The Tune trainable of a sweep: :func:`run_trial` bound to ``spec``, with ``resources``.
+
+    Tune stops a trial (ASHA's decision, or the end of the sweep) by ending its training thread
+    inside ``report`` and then shutting its actor down without waiting for that thread; a logger
+    still closing (a W&B run writing its file) would be cut off. This trainable's ``cleanup`` waits
+    up to ``stop_timeout_s`` for the trial's own ``finally`` blocks to complete first.
+    """
+    from ray.tune.trainable.function_trainable import wrap_function
+    from ray.train._internal.session import get_session
+
+    base = wrap_function(tune.with_parameters(run_trial, spec=spec))
+
+    class GracefulStop(base):  # type: ignore[misc, valid-type]
+        def cleanup(self) -> None:
+            session = get_session()
+            thread = getattr(session, "training_thread", None) if session else None
+            try:
+                super().cleanup()
+            finally:
+                if thread is not None and thread.is_alive():
+                    # plain Thread.join: the runner's own join re-raises what Tune already handled
+                    threading.Thread.join(thread, stop_timeout_s)
+
+    GracefulStop.__name__ = "run_trial"
+    return tune.with_resources(GracefulStop, resources)
