@@ -72,8 +72,9 @@ def trial_dirs(exp: Path) -> list[Path]:
 
 
 def trial_states(exp: Path) -> dict[str, str]:
-    """``trial_id -> status`` from the newest experiment-state file Tune wrote."""
-    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    """``trial_id -> status`` from the experiment-state file of the latest driver (the file name
+    holds the driver's start time; Tune rewrites the older files too, so not their mtime)."""
+    files = sorted(exp.glob("experiment_state-*.json"))
     if not files:
         return {}
     try:

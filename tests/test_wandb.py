@@ -35,9 +35,9 @@ def test_wandb_logger_and_firing_rates_from_any_config(tmp_path, data_root, monk
     assert (info["project"], info["group"], set(info["tags"])) == ("snn-tests", "cli", {"ide", "offline"})
     rows = history(run_file)
     keys = set().union(*rows)
-    # feedback network under IDE: its neurons run through `step`, two spiking layers (F400 + out)
+    # feedback network under IDE: its neurons run through `step` (one spiking layer in F400)
     assert {"train/ide/residual", "train/ide/iterations", "val/acc", "val/rate/layer0",
-            "val/rate/layer1", "val/rate_hist/layer0/values"} <= keys, sorted(keys)
+            "val/rate_hist/layer0/values"} <= keys, sorted(keys)
     rates = [r["val/rate/layer0"] for r in rows if "val/rate/layer0" in r]
     assert all(0.0 <= v <= 1.0 for v in rates)
     cfg = config(run_file)
