@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import wandb
 from wandb_offline import config, history, run_info
 
 from lightning_snn.cli import main
@@ -16,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wandb_logger_and_firing_rates_from_any_config(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    main([
+    cli = main([
         "fit", "--config", str(ROOT / "configs" / "ide" / "fmnist_f400_if_t5.yaml"),
         f"--data.root={data_root}", "--data.num_workers=0", "--data.batch_size=8",
         "--data.eval_batch_size=16", f"--trainer.default_root_dir={tmp_path}",
@@ -29,7 +28,7 @@ def test_wandb_logger_and_firing_rates_from_any_config(tmp_path, data_root, monk
         "--trainer.logger.tags=[ide, offline]", f"--trainer.logger.save_dir={tmp_path}",
         "--trainer.callbacks+=lightning_snn.callbacks.FiringRateMonitor",
     ])
-    wandb.finish()
+    cli.trainer.logger.experiment.finish()  # this run, whatever wandb.run refers to
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     info = run_info(run_file)
     assert (info["project"], info["group"], set(info["tags"])) == ("snn-tests", "cli", {"ide", "offline"})
