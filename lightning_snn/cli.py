@@ -3,18 +3,34 @@
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model, a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
 ``--test_after_fit best|last`` evaluates the best checkpoint (by ``val/acc``) or the final
-weights on the test split after ``fit``.
+weights on the test split after ``fit``. With a W&B logger (``--trainer.logger`` class_path
+``pytorch_lightning.loggers.WandbLogger``) the full parsed config is also stored in the run's config.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
+import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 
 from lightning_snn.data import VisionDataModule
 from lightning_snn.module import SNNModule
+
+
+class SaveConfigToLogger(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the log dir, plus the whole config in a W&B run's config (so
+    runs can be compared by any option, not only the module's hyper-parameters)."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for lg in loggers:
+                lg.experiment.config.update({"cli": config}, allow_val_change=True)
 
 
 class SNNCLI(LightningCLI):
@@ -47,10 +63,12 @@ class SNNCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
-def main(args: list[str] | None = None) -> SNNCLI:
-    return SNNCLI(
-        SNNModule,
-        VisionDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": False},
-    )
+def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
+    """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
+    ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
+    kwargs: dict[str, Any] = {
+        "save_config_callback": SaveConfigToLogger,
+        "save_config_kwargs": {"overwrite": False},
+        **cli_kwargs,
+    }
+    return SNNCLI(SNNModule, VisionDataModule, args=args, **kwargs)

@@ -1,0 +1,228 @@
+"""Sweep launcher: ``python -m tune.sweep --config configs/<x>.yaml --space tune/spaces/<y>.yaml``.
+
+Runs ``--num-samples`` trials of the ordinary fit (see :mod:`tune.trial`) on a local Ray, or on a
+running cluster with ``--address auto`` (see ``tune/slurm/``). Trials that raise are reported as
+failed and the sweep goes on. The launcher's arguments are saved in the experiment directory, so a
+driver that died is continued with ``--resume --name <name> [--storage-path <dir>]``: finished trials
+are kept, unfinished ones continue from their last checkpoint.
+
+Options after ``--`` (or any ``--model.*``, ``--data.*``, ``--trainer.*`` option) are passed to every
+trial's command line, e.g. ``-- --trainer.limit_train_batches=50 --data.num_workers=0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from tune.space import load_space
+from tune.trial import TrialSpec, make_trainable
+
+ARGS_FILE = "sweep_args.json"
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``cpu=1,gpu=0.5`` -> ``{"cpu": 1.0, "gpu": 0.5}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if not value:
+            raise argparse.ArgumentTypeError(f"resources: expected key=value, got {part!r}")
+        out[key.strip()] = float(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="experiment config (YAML of python -m lightning_snn fit)")
+    p.add_argument("--space", help="search space YAML (tune/spaces/*.yaml)")
+    p.add_argument("--num-samples", type=int, default=4, help="trials (per grid point)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    p.add_argument("--search", choices=["random", "optuna"], default="random")
+    p.add_argument("--resources-per-trial", type=parse_resources, default={"cpu": 1.0},
+                   help="e.g. cpu=1 or cpu=4,gpu=1 (trial GPUs are Ray resources)")
+    p.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
+    p.add_argument("--metric", default="val/acc")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can stop")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial")
+    p.add_argument("--name", default=None, help="experiment name (default: sweep-<time>)")
+    p.add_argument("--storage-path", default="logs/tune", help="experiment parent directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name under --storage-path after a killed driver")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="with --resume: run failed trials again from scratch")
+    p.add_argument("--wandb-project", default=None, help="log every trial to this W&B project")
+    p.add_argument("--wandb-tags", nargs="*", default=[])
+    p.add_argument("--address", default=None, help="Ray cluster address (auto: the running cluster)")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs it may use")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    return p
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Launcher options vs options for every trial (after ``--`` or ``--model.``/``--data.``/...)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    trial_prefixes = ("--model.", "--data.", "--trainer.", "--seed_everything")
+    own, trial = [], []
+    for a in argv:
+        (trial if a.startswith(trial_prefixes) else own).append(a)
+    return own, trial
+
+
+def make_scheduler(kind: str, max_epochs: int | None, grace: int) -> TrialScheduler:
+    if kind == "fifo":
+        return FIFOScheduler()
+    # max_t past the last epoch: a trial that reaches the end finishes on its own (its loggers
+    # close normally) instead of being stopped by the scheduler at its final report.
+    return ASHAScheduler(time_attr="training_iteration", max_t=(max_epochs or 100) + 1,
+                         grace_period=grace, reduction_factor=2)
+
+
+def make_search(kind: str, metric: str, mode: str, seed: int, max_concurrent: int) -> Any:
+    if kind == "random":
+        return None  # Tune's basic variant generator samples the space
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - optuna is in requirements.txt
+        raise SystemExit(f"--search optuna needs the optuna package (pip install optuna): {exc}")
+    import optuna
+
+    search = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=seed))
+    if max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        search = ConcurrencyLimiter(search, max_concurrent=max_concurrent)
+    return search
+
+
+def _spec(opts: argparse.Namespace, trial_overrides: list[str], name: str, exp_dir: Path) -> TrialSpec:
+    return TrialSpec(
+        config=str(Path(opts.config).resolve()), output_dir=str(exp_dir), overrides=trial_overrides, cwd=os.getcwd(),
+        max_epochs=opts.max_epochs, sweep_name=name, wandb_project=opts.wandb_project,
+        wandb_tags=list(opts.wandb_tags),
+    )
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to a cluster (``address``) or start a local Ray limited to ``num_cpus``."""
+    if ray.is_initialized():
+        return
+    # Workers of a local Ray inherit this environment (PYTHONPATH, WANDB_MODE...); on a cluster
+    # every node's `ray start` must see the same one (see tune/slurm/).
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def run(argv: list[str]) -> tune.ResultGrid:
+    own, trial_overrides = split_args(argv)
+    opts = build_parser().parse_args(own)
+    storage = Path(opts.storage_path).resolve()
+    if opts.resume:
+        if not opts.name:
+            raise SystemExit("--resume needs --name (the experiment to continue)")
+        exp_dir = storage / opts.name
+        saved_file = exp_dir / ARGS_FILE
+        if not saved_file.is_file():
+            raise SystemExit(f"--resume: {saved_file} not found; nothing to resume under {exp_dir}")
+        saved = json.loads(saved_file.read_text())
+        spec = TrialSpec(**saved["spec"])
+        start_ray(opts.address or saved.get("address"), opts.num_cpus or saved.get("num_cpus"))
+        trainable = make_trainable(spec, saved["resources"])
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=opts.restart_errored)
+        metric, mode = saved["metric"], saved["mode"]
+    else:
+        if not (opts.config and opts.space):
+            raise SystemExit("--config and --space are required (or --resume --name <name>)")
+        name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+        exp_dir = storage / name
+        if (exp_dir / ARGS_FILE).exists():
+            raise SystemExit(f"{exp_dir} holds a sweep already: --resume it or pick another --name")
+        spec = _spec(opts, trial_overrides, name, exp_dir)
+        space = load_space(opts.space)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / ARGS_FILE).write_text(json.dumps({
+            "argv": argv, "spec": asdict(spec), "resources": opts.resources_per_trial,
+            "metric": opts.metric, "mode": opts.mode, "address": opts.address,
+            "num_cpus": opts.num_cpus,
+        }, indent=2))
+        start_ray(opts.address, opts.num_cpus)
+        trainable = make_trainable(spec, opts.resources_per_trial)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=opts.metric, mode=opts.mode, num_samples=opts.num_samples,
+                scheduler=make_scheduler(opts.scheduler, opts.max_epochs, opts.grace_period),
+                search_alg=make_search(opts.search, opts.metric, opts.mode, opts.seed,
+                                       opts.max_concurrent),
+                max_concurrent_trials=opts.max_concurrent or None,
+                reuse_actors=False,  # a fresh worker per trial: no state (W&B run, seeds) carried over
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=1,
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        metric, mode = opts.metric, opts.mode
+    results = tuner.fit()
+    report(results, metric, mode, exp_dir)
+    return results
+
+
+def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> None:
+    """Print every trial's state and the best trial's config and metric; write ``best.json``."""
+    print(f"\nsweep {exp_dir}: {len(results)} trials, {results.num_errors} failed", flush=True)
+    for r in results:
+        state = "FAILED" if r.error else "ok"
+        value = r.metrics.get(metric) if r.metrics else None
+        config = r.config
+        params = Path(r.path) / "params.json"
+        if config is None and params.is_file():  # a trial that failed before reporting
+            config = json.loads(params.read_text())
+        print(f"  {r.path.rsplit('/', 1)[-1]}: {state} {metric}={value} config={config}")
+        if r.error:
+            print(f"    error: {str(r.error).strip().splitlines()[-1][:300]}")
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    except RuntimeError as exc:
+        print(f"no best trial: {exc}")
+        return
+    best_value = best.metrics_dataframe[metric].max() if mode == "max" else \
+        best.metrics_dataframe[metric].min()
+    summary = {"metric": metric, "mode": mode, "best_value": float(best_value),
+               "config": best.config, "trial_dir": best.path,
+               "checkpoint": best.checkpoint.path if best.checkpoint else None}
+    (exp_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"best trial: {metric}={best_value:.4f} config={best.config}")
+    print(f"best checkpoint: {summary['checkpoint']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    results = run(sys.argv[1:] if argv is None else argv)
+    ray.shutdown()
+    return 0 if len(results) > results.num_errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
