@@ -179,7 +179,9 @@ def test_sweep_four_trials_best_config_and_wandb_runs(tmp_path, data_root):
         assert val == pytest.approx([r["val/acc"] for r in results])
         assert any("val/rate/layer0" in r for r in rows)
         assert any("val/rate_hist/layer0/values" in r for r in rows)
-        assert any("train/acc_epoch" in r for r in rows)
+        if len(results) == 2:  # ran to its last epoch (ASHA may stop a trial at its first report,
+            # before Lightning logs the epoch-level training metrics)
+            assert any("train/acc_epoch" in r for r in rows)
         cfg = wandb_config(runs[0])
         params = json.loads((trial / "params.json").read_text())
         assert cfg["T"] == params["model.T"]  # the trial's override reached the fit
