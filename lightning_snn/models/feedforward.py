@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_snn.layers import TimeDistributed
+from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.neurons import LIF, NeuronConfig
 
@@ -47,17 +47,17 @@ class SpikingMLP(_Sequential):
         width = _numel(input_shape)
         for i, h in enumerate(hidden):
             ops: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-            ops += [nn.Linear(width, h, bias=not batch_norm)]
+            ops += [TraceLinear(width, h, bias=not batch_norm)]
             ops += [nn.BatchNorm1d(h)] if batch_norm else []
             layers += [TimeDistributed(*ops), LIF(neuron)]
             width = h
         head: list[nn.Module] = [nn.Flatten()] if not hidden else []
-        layers.append(TimeDistributed(*head, nn.Linear(width, num_classes)))
+        layers.append(TimeDistributed(*head, TraceLinear(width, num_classes)))
         super().__init__(layers)
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+    return [TraceConv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
 
 
 def _conv_stack(
@@ -92,9 +92,9 @@ class SpikingConvNet(_Sequential):
         layers, c, pools = _conv_stack(c_in, channels, neuron)
         flat = c * (h >> pools) * (w >> pools)
         layers += [
-            TimeDistributed(nn.Flatten(), nn.Linear(flat, hidden, bias=False), nn.BatchNorm1d(hidden)),
+            TimeDistributed(nn.Flatten(), TraceLinear(flat, hidden, bias=False), nn.BatchNorm1d(hidden)),
             LIF(neuron),
-            TimeDistributed(nn.Linear(hidden, num_classes)),
+            TimeDistributed(TraceLinear(hidden, num_classes)),
         ]
         super().__init__(layers)
 
@@ -116,6 +116,6 @@ class SpikingVGG11(_Sequential):
         cfg = [v if v == "M" else max(1, int(v * width)) for v in VGG11]
         layers, c, _ = _conv_stack(input_shape[0], cfg, neuron)
         layers.append(
-            TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+            TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes))
         )
         super().__init__(layers)
