@@ -126,7 +126,13 @@ class OTTT(GradientStrategy):
         return loss
 
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """Per-step outputs ``[T, B, classes]``. In eval mode the values of the online run equal
+        those of the plain multi-step forward (no state is detached, batch norm uses running
+        statistics), which folds time into the batch and is cheaper: that is used instead."""
         xs = self.encode(x)
+        if not model.training:
+            reset_states(model)
+            return model(xs)
         with self.online(model, traces=False):
             return torch.cat([model(xs[t : t + 1]) for t in range(xs.shape[0])])
 
