@@ -107,3 +107,21 @@ def test_reference_config_models_forward_and_backward(config):
         loss.backward()
     assert out.shape == (T, 2, classes) and torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["bptt", "ottt_a", "dsr"])
+@pytest.mark.parametrize("name", ["vgg11_ws", "convnet"])
+def test_strategies_under_autocast(name, strategy):
+    """Mixed precision (bfloat16 autocast on CPU): gradients arrive in the parameters' dtype."""
+    kw = {"cfg": (8, "M", 16)} if name == "vgg11_ws" else {"channels": (4, "M"), "hidden": 16}
+    net = MODELS.build(name, input_shape=(1, 12, 12), num_classes=3,
+                       neuron=NeuronConfig(trainable_threshold=True), **kw)
+    strat = STRATEGIES.build(strategy, T=2)
+    x, y = torch.randn(2, 1, 12, 12), torch.tensor([0, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if strategy == "ottt_a":
+            strat.run(net, x, y)
+        else:
+            F.cross_entropy(strat.forward(net, x).mean(0).float(), y).backward()
+    for p in net.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
