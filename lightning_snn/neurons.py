@@ -15,6 +15,8 @@ so ``v[T] = sum_t lambda^(T-t) (I[t] - Vth s[t])``: the lambda-weighted firing r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -122,6 +124,10 @@ class LIF(nn.Module):
     ``forward`` is multi-step: it takes the input current ``[T, B, ...]`` and returns spikes of the
     same shape, starting from rest, so no state survives between calls. ``step`` is the single-step
     form for strategies that own the loop over time (OTTT); they call ``reset_state`` per batch.
+
+    A strategy that needs other dynamics in the same model (OTTT's online steps, DSR's closed-form
+    backward) sets ``dynamics`` -- a function ``(layer, x [T, B, ...]) -> spikes`` -- for the
+    duration of its run with :func:`neuron_dynamics`; ``None`` is the plain multi-step forward.
     """
 
     def __init__(self, config: NeuronConfig | None = None) -> None:
@@ -133,6 +139,7 @@ class LIF(nn.Module):
         else:
             self.register_buffer("threshold", th, persistent=False)
         self.v: Tensor | None = None  # post-reset potential between single steps
+        self.dynamics: Callable[[LIF, Tensor], Tensor] | None = None
 
     @property
     def leak(self) -> float:
@@ -142,6 +149,10 @@ class LIF(nn.Module):
         c = self.config
         kind = "IF" if c.leak == 1.0 else f"LIF(leak={c.leak})"
         return f"{kind}, threshold={float(self.threshold):.4g}, trainable={c.trainable_threshold}"
+
+    def vth(self) -> Tensor:
+        """The firing threshold, a trainable one first clamped to its floor."""
+        return self._vth()
 
     def _vth(self) -> Tensor:
         if self.config.trainable_threshold:
@@ -156,6 +167,8 @@ class LIF(nn.Module):
         return s, h - reset
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.dynamics is not None:
+            return self.dynamics(self, x)
         vth = self._vth()
         v = torch.zeros_like(x[0])
         out = []
@@ -180,6 +193,20 @@ def reset_states(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, LIF):
             m.reset_state()
+
+
+@contextmanager
+def neuron_dynamics(module: nn.Module, dynamics: Callable[[LIF, Tensor], Tensor]) -> Iterator[None]:
+    """Run every spiking layer of ``module`` with ``dynamics`` inside the block, then restore."""
+    layers = [m for m in module.modules() if isinstance(m, LIF)]
+    before = [m.dynamics for m in layers]
+    for m in layers:
+        m.dynamics = dynamics
+    try:
+        yield
+    finally:
+        for m, d in zip(layers, before):
+            m.dynamics = d
 
 
 def weighted_rate(spikes: Tensor, leak: float) -> Tensor:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_snn.layers import TimeDistributed
+from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.neurons import LIF, NeuronConfig
 
@@ -47,21 +47,21 @@ class SpikingMLP(_Sequential):
         width = _numel(input_shape)
         for i, h in enumerate(hidden):
             ops: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-            ops += [nn.Linear(width, h, bias=not batch_norm)]
+            ops += [TraceLinear(width, h, bias=not batch_norm)]
             ops += [nn.BatchNorm1d(h)] if batch_norm else []
             layers += [TimeDistributed(*ops), LIF(neuron)]
             width = h
         head: list[nn.Module] = [nn.Flatten()] if not hidden else []
-        layers.append(TimeDistributed(*head, nn.Linear(width, num_classes)))
+        layers.append(TimeDistributed(*head, TraceLinear(width, num_classes)))
         super().__init__(layers)
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+    return [TraceConv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
 
 
 def _conv_stack(
-    in_channels: int, cfg: Sequence[int | str], neuron: NeuronConfig | None
+    in_channels: int, cfg: Sequence[int | str], neuron: NeuronConfig | None, dropout: float = 0.0
 ) -> tuple[list[nn.Module], int, int]:
     """conv3x3-BN-LIF blocks; ``"M"`` is a 2x2 average pool (spikes -> rates, no max of spikes)."""
     layers: list[nn.Module] = []
@@ -72,6 +72,7 @@ def _conv_stack(
             pools += 1
         else:
             layers += [TimeDistributed(*_conv_bn(c, int(v))), LIF(neuron)]
+            layers += [TimeDistributed(nn.Dropout(dropout))] if dropout > 0 else []
             c = int(v)
     return layers, c, pools
 
@@ -92,9 +93,9 @@ class SpikingConvNet(_Sequential):
         layers, c, pools = _conv_stack(c_in, channels, neuron)
         flat = c * (h >> pools) * (w >> pools)
         layers += [
-            TimeDistributed(nn.Flatten(), nn.Linear(flat, hidden, bias=False), nn.BatchNorm1d(hidden)),
+            TimeDistributed(nn.Flatten(), TraceLinear(flat, hidden, bias=False), nn.BatchNorm1d(hidden)),
             LIF(neuron),
-            TimeDistributed(nn.Linear(hidden, num_classes)),
+            TimeDistributed(TraceLinear(hidden, num_classes)),
         ]
         super().__init__(layers)
 
@@ -104,7 +105,12 @@ VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 @MODELS.register("vgg11")
 class SpikingVGG11(_Sequential):
-    """VGG-11 with batch norm and average pooling for 32x32 input, global pool, linear read-out."""
+    """VGG-11 with batch norm and average pooling, global pool, linear read-out (32x32 input).
+
+    ``pool_size`` 7 with ``head="spiking"`` and ``dropout`` 0.1 is DSR's VGG-11 for DVS frames
+    (registered as ``vgg11_dvs``): adaptive 7x7 pool, Linear -> BN1d -> spiking layer whose rate
+    is the class score.
+    """
 
     def __init__(
         self,
@@ -112,10 +118,34 @@ class SpikingVGG11(_Sequential):
         num_classes: int,
         neuron: NeuronConfig | None = None,
         width: float = 1.0,
+        pool_size: int = 1,
+        head: str = "linear",
+        dropout: float = 0.0,
     ) -> None:
         cfg = [v if v == "M" else max(1, int(v * width)) for v in VGG11]
-        layers, c, _ = _conv_stack(input_shape[0], cfg, neuron)
-        layers.append(
-            TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-        )
+        layers, c, _ = _conv_stack(input_shape[0], cfg, neuron, dropout)
+        layers.append(TimeDistributed(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten()))
+        layers += readout(c * pool_size**2, num_classes, neuron, head)
         super().__init__(layers)
+
+
+@MODELS.register("vgg11_dvs")
+def vgg11_dvs(
+    input_shape: Sequence[int],
+    num_classes: int,
+    neuron: NeuronConfig | None = None,
+    width: float = 1.0,
+) -> SpikingVGG11:
+    """DSR's VGG-11 for event frames (e.g. 2x48x48 DVS-CIFAR10): 7x7 pool, spiking head."""
+    return SpikingVGG11(input_shape, num_classes, neuron, width, pool_size=7, head="spiking",
+                        dropout=0.1)
+
+
+def readout(width: int, num_classes: int, neuron: NeuronConfig | None, head: str) -> list[nn.Module]:
+    """``linear``: membrane read-out (per-step scores); ``spiking``: Linear -> BN1d -> spiking
+    layer, the (weighted) firing rate is the class score (DSR)."""
+    if head == "linear":
+        return [TimeDistributed(TraceLinear(width, num_classes))]
+    if head == "spiking":
+        return [TimeDistributed(TraceLinear(width, num_classes), nn.BatchNorm1d(num_classes)), LIF(neuron)]
+    raise ValueError(f"head must be 'linear' or 'spiking', got {head!r}")

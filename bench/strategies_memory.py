@@ -1,0 +1,142 @@
+"""Training-step time and peak memory of BPTT, OTTT_A, OTTT_O and DSR against the number of time
+steps T, for the same VGG-11 on CIFAR-sized input.
+
+Every (strategy, T) point runs in a fresh subprocess. Peak memory of one training step: on CUDA
+``torch.cuda.max_memory_allocated`` minus the memory allocated before the step; on CPU the rise of
+the process's peak resident set (``VmHWM``) over its resident set before the first step (parameters,
+data and the imported libraries are in the baseline; plain SGD, so no optimiser state appears).
+Step time is the mean of the following steps.
+
+    python bench/strategies_memory.py                      # the full table
+    python bench/strategies_memory.py --T 2 4 --batch-size 4 --strategies bptt ottt_a
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STRATEGIES = ("bptt", "ottt_a", "ottt_o", "dsr")
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, device: str) -> dict:
+    """One point, in this process: peak memory of the first step, mean time of the next ones."""
+    import torch
+    import torch.nn.functional as F
+
+    from lightning_snn.models import MODELS
+    from lightning_snn.neurons import NeuronConfig
+    from lightning_snn.strategies import STRATEGIES as REGISTRY
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    neuron = NeuronConfig(threshold=1.0, leak=0.5, detach_reset=True, trainable_threshold=strategy == "dsr")
+    net = MODELS.build(network, input_shape=(3, 32, 32), num_classes=10, neuron=neuron).to(dev)
+    strat = REGISTRY.build(strategy, T=T)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (batch_size,), device=dev)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if strategy == "ottt_a":
+            strat.run(net, x, y)
+            opt.step()
+        elif strategy == "ottt_o":
+            def backward(loss, last):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            strat.run(net, x, y, backward)
+        else:
+            F.cross_entropy(strat.forward(net, x).mean(0), y).backward()
+            opt.step()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if dev.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _status_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+        step()
+        peak = _status_kib("VmHWM") * 1024 - base
+    times = []
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"strategy": strategy, "T": T, "peak_mib": peak / 2**20,
+            "step_s": sum(times) / len(times), "device": str(dev), "batch_size": batch_size,
+            "network": network}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--T", nargs="+", type=int, default=[2, 4, 6, 8, 16])
+    p.add_argument("--network", default="vgg11_ws", help="vgg11_ws (OTTT's model) or vgg11 (BN)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2, help="timed steps after the measured first one")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--out", type=Path, default=Path("bench/results/strategies_memory.json"))
+    p.add_argument("--point", nargs=2, metavar=("STRATEGY", "T"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.point:  # child: one measurement, one JSON line
+        r = measure(args.point[0], int(args.point[1]), args.network, args.batch_size, args.steps, args.device)
+        print("RESULT " + json.dumps(r), flush=True)
+        return
+    rows = []
+    for T in args.T:
+        for s in args.strategies:
+            cmd = [sys.executable, __file__, "--point", s, str(T), "--network", args.network,
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device]
+            # fixed mmap threshold: large freed buffers go back to the OS, so RSS follows the heap
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                raise RuntimeError(f"{s} T={T} failed:\n{proc.stderr[-2000:]}")
+            rows.append(json.loads(line[0][7:]))
+            r = rows[-1]
+            print(f"  {s:7s} T={T:3d}  {r['step_s']:.3f} s  {r['peak_mib']:.0f} MiB", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    by = {(r["strategy"], r["T"]): r for r in rows}
+    print(f"\n{args.network}, 3x32x32 input, batch {args.batch_size}, {rows[0]['device']}: "
+          "training-step time (s) / peak step memory (MiB)")
+    print("| T | " + " | ".join(strategies) + " |")
+    print("|---|" + "---|" * len(strategies))
+    for T in args.T:
+        cells = [f"{by[s, T]['step_s']:.2f} s / {by[s, T]['peak_mib']:.0f} MiB" for s in strategies]
+        print(f"| {T} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

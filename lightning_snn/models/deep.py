@@ -1,0 +1,223 @@
+"""Deep feed-forward SNNs of the OTTT and DSR papers.
+
+- ``vgg11_ws``: OTTT's VGG-11 with scaled weight standardisation (no batch norm), average pooling,
+  a ``spike_scale`` (2.74) after every spiking layer, global pool and linear read-out.
+- ``preact_resnet18``: DSR's pre-activation ResNet-18 for CIFAR (BN -> spike -> conv blocks);
+  ``resnet18`` / ``resnet34``: the same blocks with the ImageNet stem (7x7/2 conv, 3x3/2 pool).
+- ``nf_resnet34``: OTTT's normaliser-free ResNet-34 for ImageNet (sWS conv, x/beta pre-activation,
+  alpha = 0.2, zero-initialised skip gains and read-out).
+
+All take ``[T, B, C, H, W]`` and return per-step scores ``[T, B, classes]``; pooling is average
+pooling (a max of spikes is an OR). Stateless layers are wrapped in ``TimeDistributed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_snn.layers import Scale, ScaledWSConv2d, TimeDistributed, TraceConv2d, TraceLinear
+from lightning_snn.models.base import MODELS, SpikingNet
+from lightning_snn.models.feedforward import readout
+from lightning_snn.neurons import LIF, NeuronConfig
+
+OTTT_SPIKE_SCALE = 2.74  # scaled-WS / NF-ResNet scale after each spiking layer (OTTT Sec. 4.4)
+VGG11_WS = (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
+
+
+@MODELS.register("vgg11_ws")
+class SpikingVGG11WS(SpikingNet):
+    """OTTT's VGG(sWS): [sWS conv3x3 -> spike -> x spike_scale] stages with 2x2 average pools,
+    then global average pool and a linear read-out. 9.23M parameters for 10 classes."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        neuron: NeuronConfig | None = None,
+        cfg: Sequence[int | str] = VGG11_WS,
+        spike_scale: float = OTTT_SPIKE_SCALE,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = input_shape[0]
+        for v in cfg:
+            if v == "M":
+                layers.append(TimeDistributed(nn.AvgPool2d(2)))
+            else:
+                layers += [TimeDistributed(ScaledWSConv2d(c, int(v), 3, padding=1)), LIF(neuron),
+                           TimeDistributed(Scale(spike_scale))]
+                c = int(v)
+        layers.append(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes)))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+# ------------------------------------------------------------------------------ pre-activation ResNet
+class PreActBlock(nn.Module):
+    """BN -> spike -> conv3x3 -> BN -> spike -> dropout -> conv3x3, plus the identity or a 1x1 conv
+    of the activated input. Conv biases are on (as in DSR's code)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, neuron: NeuronConfig | None,
+                 dropout: float) -> None:
+        super().__init__()
+        self.bn1 = TimeDistributed(nn.BatchNorm2d(c_in))
+        self.lif1 = LIF(neuron)
+        self.conv1 = TimeDistributed(TraceConv2d(c_in, c_out, 3, stride, 1))
+        self.bn2 = TimeDistributed(nn.BatchNorm2d(c_out))
+        self.lif2 = LIF(neuron)
+        self.conv2 = TimeDistributed(nn.Dropout(dropout), TraceConv2d(c_out, c_out, 3, 1, 1))
+        self.shortcut = (TimeDistributed(TraceConv2d(c_in, c_out, 1, stride))
+                         if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.lif1(self.bn1(x))
+        skip = self.shortcut(s) if self.shortcut is not None else x
+        return self.conv2(self.lif2(self.bn2(self.conv1(s)))) + skip
+
+
+class PreActResNet(SpikingNet):
+    """Spiking pre-activation ResNet.
+
+    Args:
+        blocks: blocks per stage ((2, 2, 2, 2) = 18, (3, 4, 6, 3) = 34).
+        stem: ``cifar`` (conv3x3 3->64) or ``imagenet`` (conv7x7/2 -> BN -> spike -> avgpool3x3/2).
+        head: ``linear`` read-out or ``spiking`` (Linear -> BN1d -> spiking layer, DSR's head).
+        dropout: inside each block, before its second conv.
+        width: channel multiplier of the stages (64, 128, 256, 512).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        neuron: NeuronConfig | None = None,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        stem: str = "cifar",
+        head: str = "linear",
+        dropout: float = 0.0,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
+        c = widths[0]
+        if stem == "cifar":
+            self.stem = nn.Sequential(TimeDistributed(nn.Conv2d(input_shape[0], c, 3, 1, 1, bias=False)))
+        elif stem == "imagenet":
+            self.stem = nn.Sequential(
+                TimeDistributed(nn.Conv2d(input_shape[0], c, 7, 2, 3, bias=False), nn.BatchNorm2d(c)),
+                LIF(neuron),
+                TimeDistributed(nn.AvgPool2d(3, 2, 1)),
+            )
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        stages: list[nn.Module] = []
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            for j in range(n):
+                stages.append(PreActBlock(c, w, 2 if (j == 0 and i > 0) else 1, neuron, dropout))
+                c = w
+        self.blocks = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            TimeDistributed(nn.BatchNorm2d(c)), LIF(neuron),
+            TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            *readout(c, num_classes, neuron, head),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+@MODELS.register("preact_resnet18")
+def preact_resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+                    head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
+    """DSR's CIFAR PreAct-ResNet-18."""
+    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "cifar", head, dropout, width)
+
+
+@MODELS.register("resnet18")
+def resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+             head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
+    """Spiking (pre-activation) ResNet-18 with the ImageNet stem."""
+    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "imagenet", head, dropout, width)
+
+
+@MODELS.register("resnet34")
+def resnet34(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+             head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
+    """Spiking (pre-activation) ResNet-34 with the ImageNet stem."""
+    return PreActResNet(input_shape, num_classes, neuron, (3, 4, 6, 3), "imagenet", head, dropout, width)
+
+
+# ------------------------------------------------------------------------------ NF-ResNet
+class NFBlock(nn.Module):
+    """Normaliser-free pre-activation block: h + alpha * g * f(h / beta), with
+    f = spike -> x scale -> sWS conv3x3 -> spike -> x scale -> sWS conv3x3 and a skip gain g
+    initialised to 0; a transition block's shortcut is a 1x1 sWS conv of the activated input."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, beta: float, alpha: float,
+                 neuron: NeuronConfig | None, spike_scale: float) -> None:
+        super().__init__()
+        self.beta, self.alpha = beta, alpha
+        self.lif1 = LIF(neuron)
+        self.scale = Scale(spike_scale)
+        self.conv1 = TimeDistributed(ScaledWSConv2d(c_in, c_out, 3, stride, 1))
+        self.lif2 = LIF(neuron)
+        self.conv2 = TimeDistributed(ScaledWSConv2d(c_out, c_out, 3, 1, 1))
+        self.shortcut = (TimeDistributed(ScaledWSConv2d(c_in, c_out, 1, stride))
+                         if stride != 1 or c_in != c_out else None)
+        self.skipinit_gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.scale(self.lif1(x / self.beta))
+        skip = self.shortcut(s) if self.shortcut is not None else x
+        out = self.conv2(self.scale(self.lif2(self.conv1(s))))
+        return skip + out * (self.skipinit_gain * self.alpha)
+
+
+@MODELS.register("nf_resnet34")
+class NFResNet34(SpikingNet):
+    """OTTT's spiking NF-ResNet-34 (ImageNet): sWS stem conv7x7/2 + avgpool3x3/2, NF blocks
+    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, zero-initialised read-out.
+    21.80M parameters for 1000 classes."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        neuron: NeuronConfig | None = None,
+        blocks: Sequence[int] = (3, 4, 6, 3),
+        alpha: float = 0.2,
+        spike_scale: float = OTTT_SPIKE_SCALE,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
+        c = widths[0]
+        self.stem = nn.Sequential(
+            TimeDistributed(ScaledWSConv2d(input_shape[0], c, 7, 2, 3), nn.AvgPool2d(3, 2, 1))
+        )
+        stages: list[nn.Module] = []
+        var = 1.0  # expected variance of the residual stream
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            for j in range(n):
+                stride = 2 if (j == 0 and i > 0) else 1
+                block = NFBlock(c, w, stride, var**0.5, alpha, neuron, spike_scale)
+                stages.append(block)
+                # a transition block's shortcut re-normalises the stream; otherwise the variance
+                # grows by alpha^2 per block
+                var = 1.0 + alpha**2 if block.shortcut is not None else var + alpha**2
+                c = w
+        self.blocks = nn.Sequential(*stages)
+        fc = TraceLinear(c, num_classes)
+        nn.init.zeros_(fc.weight)
+        nn.init.zeros_(fc.bias)
+        self.head = nn.Sequential(
+            LIF(neuron), TimeDistributed(Scale(spike_scale), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
