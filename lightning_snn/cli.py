@@ -1,7 +1,7 @@
 """Command line: ``python -m lightning_snn {fit,validate,test,predict} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
-into the model, a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
+into the model (and the model's ``T`` into the number of event frames), a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
 ``--test_after_fit best|last`` evaluates the best checkpoint (by ``val/acc``) or the final
 weights on the test split after ``fit``. With a W&B logger (``--trainer.logger`` class_path
 ``pytorch_lightning.loggers.WandbLogger``) the full parsed config is also stored in the run's config.
@@ -37,6 +37,7 @@ class SNNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.link_arguments("model.T", "data.frames")  # event data: one frame per time step
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -2,6 +2,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,88 @@ def write_cifar100_layout(src: Path, root: Path) -> None:
     pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, open(folder / "meta", "wb"))
 
 
+def saccade_events(image: np.ndarray, rng: np.random.Generator, size: int, steps: int = 12,
+                   period_us: int = 100_000) -> np.ndarray:
+    """Events of ``image`` (H x W, 0..255) moved by three saccades over a ``size`` x ``size`` sensor:
+    an ON (OFF) event where brightness rose (fell) by > 20% between sub-steps of a saccade, the way
+    an event camera sees a still image on a moving stage. SYNTHETIC: no package ships N-MNIST or
+    CIFAR10-DVS, so the readers, binning and training path are tested on these."""
+    from lightning_snn.data.events import EVENTS
+
+    h, w = image.shape
+    top, left = (size - h) // 2, (size - w) // 2
+    path = [(0, 0), (1, 2), (2, 0), (0, 0)]  # corners of N-MNIST's triangular saccade
+    frames = []
+    for s in range(3):
+        (y0, x0), (y1, x1) = path[s], path[s + 1]
+        for k in range(steps + 1):
+            dy, dx = round(y0 + (y1 - y0) * k / steps), round(x0 + (x1 - x0) * k / steps)
+            f = np.zeros((size, size))
+            f[top + dy: top + dy + h, left + dx: left + dx + w] = image / 255.0
+            frames.append((s * period_us + k * period_us // steps, f))
+    out = []
+    for (_, prev), (t, cur) in zip(frames, frames[1:]):
+        diff = cur - prev
+        for p, mask in ((1, diff > 0.2), (0, diff < -0.2)):
+            y, x = np.nonzero(mask)
+            ev = np.zeros(len(x), dtype=EVENTS)
+            ev["x"], ev["y"], ev["p"] = x, y, p
+            ev["t"] = t + rng.integers(0, period_us // steps, len(x))
+            out.append(ev)
+    ev = np.concatenate(out)
+    return ev[np.argsort(ev["t"], kind="stable")]
+
+
+def write_synthetic_nmnist(mnist_raw: Path, root: Path, n_train: int = 40, n_test: int = 20) -> None:
+    """``<root>/NMNIST/{Train,Test}/<digit>/<i>.bin`` from real MNIST digits (see
+    ``saccade_events``)."""
+    from lightning_snn.data.events import write_nmnist
+
+    rng = np.random.default_rng(0)
+    for split, prefix, n in (("Train", "train", n_train), ("Test", "t10k", n_test)):
+        images = np.fromfile(mnist_raw / f"{prefix}-images-idx3-ubyte", np.uint8, n * 784, offset=16)
+        labels = np.fromfile(mnist_raw / f"{prefix}-labels-idx1-ubyte", np.uint8, n, offset=8)
+        for i, (img, label) in enumerate(zip(images.reshape(n, 28, 28), labels)):
+            folder = root / "NMNIST" / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_nmnist(folder / f"{i:05d}.bin", saccade_events(img, rng, 34))
+
+
+def write_synthetic_cifar10_dvs(cifar_root: Path, root: Path) -> None:
+    """``<root>/CIFAR10DVS/<class>/<i>.aedat`` (AER-DAT 2) from the 20 real CIFAR-10 images,
+    upscaled to 96 px grey on the 128 x 128 sensor (see ``saccade_events``)."""
+    from PIL import Image
+
+    from lightning_snn.data.events import CIFAR10_CLASSES, write_aedat2
+
+    batch = pickle.load(open(cifar_root / "cifar-10-batches-py" / "test_batch", "rb"), encoding="latin1")
+    rng = np.random.default_rng(0)
+    images = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    for i, (img, label) in enumerate(zip(images, batch["labels"])):
+        grey = np.asarray(Image.fromarray(img).convert("L").resize((96, 96)), dtype=np.float64)
+        folder = root / "CIFAR10DVS" / CIFAR10_CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_aedat2(folder / f"{i:04d}.aedat", saccade_events(grey, rng, 128))
+
+
 @pytest.fixture(scope="session")
-def all_data_root(data_root: Path, tmp_path_factory) -> Path:
-    """The offline data sets plus a CIFAR-100 layout (see ``write_cifar100_layout``)."""
+def event_data_root(data_root: Path, tmp_path_factory) -> Path:
+    """Synthetic N-MNIST and CIFAR10-DVS recordings (see ``saccade_events``)."""
+    root = tmp_path_factory.mktemp("events")
+    write_synthetic_nmnist(data_root / "MNIST" / "raw", root)
+    write_synthetic_cifar10_dvs(data_root, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def all_data_root(data_root: Path, event_data_root: Path, tmp_path_factory) -> Path:
+    """The offline data sets plus a CIFAR-100 layout (see ``write_cifar100_layout``) and the
+    synthetic event data sets."""
     root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST", "cifar-10-batches-py"):
         (root / name).symlink_to(data_root / name)
+    for name in ("NMNIST", "CIFAR10DVS"):
+        (root / name).symlink_to(event_data_root / name)
     write_cifar100_layout(data_root, root)
     return root
 

@@ -11,7 +11,8 @@ from lightning_snn.strategies.base import GradientStrategy
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # every experiment config (files that configure a model; strategy configs etc. live beside them),
-# except configs/reference/: data sets with no offline copy (their models are tested on tensors)
+# except configs/reference/: data sets with no offline copy (their models are tested on tensors);
+# event-data configs run on the synthetic recordings of conftest
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
                  if "\nmodel:" in "\n" + p.read_text() and "reference" not in p.parts)
 IDS = [str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIGS]

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
 from lightning_snn.registry import Registry
@@ -40,6 +41,7 @@ class DatasetSpec:
     train_augment: list[Callable] = field(default_factory=list)
     ffcv_pipeline: Pipeline = "gray"
     eval_resize: list[Callable] = field(default_factory=list)  # evaluation-time resize / crop
+    events: EventFormat | None = None  # event-camera recordings, binned into T frames
 
 
 class _CIFARNoMd5:
@@ -98,6 +100,22 @@ for _name, _spec in {
         [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()], "imagenet",
         [v2.Resize(256, antialias=True), v2.CenterCrop(224)],
     ),
+    # N-MNIST: 34x34 ATIS recordings, frames of equal duration (no augmentation in the papers)
+    "nmnist": DatasetSpec(
+        nmnist, "NMNIST", (2, 34, 34), 10, (), (), events=EventFormat((34, 34, 2)),
+    ),
+    # IDE's N-MNIST input: the same frames clipped to binary spikes
+    "nmnist_spikes": DatasetSpec(
+        nmnist, "NMNIST", (2, 34, 34), 10, (), (), events=EventFormat((34, 34, 2), binary=True),
+    ),
+    # CIFAR10-DVS: 128x128 DVS recordings, frames of equal event count resized to 48x48, random
+    # crop (pad 4) + flip for training (OTTT / DSR / IDE)
+    "cifar10_dvs": DatasetSpec(
+        cifar10_dvs, "CIFAR10DVS", (2, 48, 48), 10, (), (), events=EventFormat(
+            (128, 128, 2), "number", size=48,
+            augment=[v2.RandomCrop(48, padding=4), v2.RandomHorizontalFlip()],
+        ),
+    ),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
 
@@ -107,7 +125,8 @@ class VisionDataModule(pl.LightningDataModule):
 
     Args:
         dataset: data-set name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
-            ``imagenet`` = ``<root>/imagenet/{train,val}`` class folders).
+            ``imagenet`` = ``<root>/imagenet/{train,val}`` class folders; event data ``nmnist``,
+            ``nmnist_spikes`` (binary frames, IDE's input) and ``cifar10_dvs``, see ``events``).
         root: directory holding the data set in torchvision's layout.
         download: fetch the files from their origin if missing (needs internet).
         batch_size: per-process batch size (under DDP the global batch is ``batch_size * world``).
@@ -126,6 +145,8 @@ class VisionDataModule(pl.LightningDataModule):
         ffcv_order: FFCV's training order, ``random`` or ``quasi_random`` (with ``os_cache: false``
             for data larger than memory).
         os_cache: FFCV reads through the OS page cache (else its own quasi-random buffer).
+        frames: frames per event recording, fed one per time step (the CLI links it to the
+            model's ``T``); unused by image data sets.
     """
 
     def __init__(
@@ -146,6 +167,7 @@ class VisionDataModule(pl.LightningDataModule):
         ffcv_max_resolution: int | None = None,
         ffcv_order: Literal["random", "quasi_random"] = "random",
         os_cache: bool = True,
+        frames: int | None = None,
     ) -> None:
         super().__init__()
         self.spec: DatasetSpec = DATASETS.build(dataset)
@@ -160,6 +182,14 @@ class VisionDataModule(pl.LightningDataModule):
                 f"`bash scripts/fetch_data.sh {root}` (MNIST, Fashion-MNIST offline), point "
                 f"`data.root` at the data, or set `data.download: true` (needs internet)."
             )
+        if self.spec.events is not None:
+            if backend == "ffcv":
+                raise ValueError(f"data set {dataset!r} is event data, which the ffcv backend does not "
+                                 "read: use backend torchvision (or auto)")
+            backend = "torchvision"
+            if frames is None or frames <= 0:
+                raise ValueError(f"data set {dataset!r} is event data: frames must be the number of "
+                                 f"time steps T (> 0), got {frames}")
         if backend == "ffcv" and not ffcv_available():
             from lightning_snn.data.ffcv import _require_ffcv
 
@@ -193,6 +223,9 @@ class VisionDataModule(pl.LightningDataModule):
     def _open(self, train: bool, augment: bool, transform: bool = True) -> Dataset:
         hp = self.hparams
         root = Path(hp.root).expanduser()
+        if self.spec.events is not None:
+            frames = ToFrames(self.spec.events, hp.frames, augment) if transform else None
+            return self.spec.cls(str(root), train=train, download=hp.download, transform=frames)
         tf = [v2.ToImage()] + (self.spec.train_augment if augment else self.spec.eval_resize)
         tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.spec.mean, self.spec.std)]
         try:
