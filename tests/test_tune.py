@@ -199,12 +199,13 @@ def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
     space.write_text("model.neuron.leak: {grid: [1.0, 1.5, 0.9, 0.8]}\nmodel.T: 2\n")
     cmd = sweep_cmd(tmp_path, "killed", space, data_root, "--num-samples", "1", "--scheduler", "fifo")
     exp = tmp_path / "killed"
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=sweep_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=sweep_env(), stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and "TERMINATED" not in trial_states(exp).values():
-            assert driver.poll() is None, "the sweep ended before it could be killed"
+            assert driver.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
         states = trial_states(exp)
         assert "TERMINATED" in states.values(), states

@@ -128,8 +128,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    else:  # "local": a new Ray of its own, even where another one runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def run(argv: list[str]) -> tune.ResultGrid:
