@@ -83,3 +83,20 @@ def test_imagenet_folder_layout(tmp_path, data_root):
     assert xv.shape == (4, 3, 224, 224)
     with pytest.raises(FileNotFoundError, match="imagenet does not exist"):
         VisionDataModule("imagenet", root=str(tmp_path / "nowhere"))
+
+
+def test_cutout_erases_a_rectangle_of_mean_in_training_images_only(data_root):
+    """With cutout, about half the training images have a rectangle of exact zeros (the mean after
+    normalisation) covering 2-40% of the area; without it, or at evaluation, none does."""
+    def zero_fraction(cutout: bool, train: bool) -> list[float]:
+        dm = VisionDataModule("cifar10", root=str(data_root), num_workers=0, verify_md5=False,
+                              cutout=cutout)
+        data = dm._open(train=train, augment=train)
+        torch.manual_seed(0)
+        return [float((data[i % 20][0] == 0).all(0).float().mean()) for i in range(200)]
+
+    erased = [f for f in zero_fraction(True, True) if f > 0]
+    assert 70 <= len(erased) <= 130 and min(erased) >= 0.01 and max(erased) <= 0.45  # side rounding
+    assert not any(zero_fraction(False, True)) and not any(zero_fraction(True, False))
+    with pytest.raises(ValueError, match="cutout is applied by the torchvision back end only"):
+        VisionDataModule("cifar10", root=str(data_root), cutout=True, backend="ffcv")

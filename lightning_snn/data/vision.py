@@ -135,6 +135,9 @@ class VisionDataModule(pl.LightningDataModule):
         val_size: training images held out for validation; 0 validates on the test split
             (what the papers report).
         augment: random augmentation of training images (crop + flip for CIFAR).
+        cutout: with ``augment``, also erase a random rectangle (2-40% of the area, aspect 0.4-2.5,
+            probability 0.5, filled with the data set mean) of each training image, the Cutout
+            OTTT trains CIFAR with (torchvision back end only).
         verify_md5: check CIFAR files against torchvision's checksums.
         seed: seed of the train/validation split and of FFCV's shuffling.
         backend: ``torchvision`` (DataLoader), ``ffcv`` (``.beton`` files, written from the
@@ -159,6 +162,7 @@ class VisionDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         val_size: int = 0,
         augment: bool = True,
+        cutout: bool = False,
         verify_md5: bool = True,
         seed: int = 0,
         backend: Literal["torchvision", "ffcv", "auto"] = "torchvision",
@@ -190,13 +194,16 @@ class VisionDataModule(pl.LightningDataModule):
             if frames is None or frames <= 0:
                 raise ValueError(f"data set {dataset!r} is event data: frames must be the number of "
                                  f"time steps T (> 0), got {frames}")
+        if cutout and backend == "ffcv":
+            raise ValueError("cutout is applied by the torchvision back end only: set "
+                             "data.backend torchvision or data.cutout false")
         if backend == "ffcv" and not ffcv_available():
             from lightning_snn.data.ffcv import _require_ffcv
 
             _require_ffcv()  # raises with the install instructions
         if backend == "auto":
-            backend = "ffcv" if ffcv_available() else "torchvision"
-            if backend == "torchvision":
+            backend = "ffcv" if ffcv_available() and not cutout else "torchvision"
+            if not ffcv_available():
                 warnings.warn("FFCV is not installed: data.backend auto uses torchvision loaders")
         self.backend = backend
         self.save_hyperparameters()
@@ -228,6 +235,8 @@ class VisionDataModule(pl.LightningDataModule):
             return self.spec.cls(str(root), train=train, download=hp.download, transform=frames)
         tf = [v2.ToImage()] + (self.spec.train_augment if augment else self.spec.eval_resize)
         tf += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.spec.mean, self.spec.std)]
+        if augment and hp.cutout:  # after normalisation, so a fill of 0 is the data set mean
+            tf.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.4), ratio=(0.4, 1 / 0.4), value=0))
         try:
             return self._reader()(str(root), train=train, download=hp.download,
                                   transform=v2.Compose(tf) if transform else None)
