@@ -7,10 +7,13 @@ test run and stopped at the end unless it was already running.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,6 +176,59 @@ def test_array_tasks_train_with_their_task_id_as_seed(slurm_cluster, submit_env,
         ckpts[task] = load_ckpt(run / "checkpoints" / "last.ckpt")
         assert ckpts[task]["global_step"] == 2
     assert max_weight_diff(ckpts[0], ckpts[1]) > 1e-3  # different seeds, different networks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_sweep_job_runs_trials_on_its_ray_cluster_and_reports_the_best(slurm_cluster, submit_env, tmp_path,
+                                                                           data_root):
+    """``python -m tune.slurm_submit`` submits tune/slurm/ray_sweep.sbatch: the job starts a Ray head,
+    runs ``tune.sweep --address auto`` on it, both trials finish with a val/acc and the best is reported."""
+    logs, storage, name = tmp_path / "logs", tmp_path / "tune", "slurm-sweep"
+    tiny = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--data.num_workers=0",
+            "--data.batch_size=16", "--data.eval_batch_size=64", "--model.network_args={'hidden': [16]}",
+            f"--data.root={data_root}", "--trainer.accelerator=cpu"]
+    cmd = [sys.executable, "-m", "tune.slurm_submit", "--nodes", "1", "--cpus-per-node", "2",
+           "--gpus-per-node", "0", "--time", "00:10:00", "--partition", slurm_cluster, "--job-name", "sweep",
+           "--workdir", str(ROOT), "--python", sys.executable,
+           "--port", str(free_port()), "--log-dir", str(logs),
+           "--", "--config", str(CONFIG), "--space", str(ROOT / "tune" / "spaces" / "threshold_T.yaml"),
+           "--num-samples", "2", "--scheduler", "fifo", "--max-epochs", "1", "--resources-per-trial", "cpu=1",
+           "--storage-path", str(storage), "--name", name, "--", *tiny]
+    sub = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert f"wrote {logs / 'sweep.sbatch'}" in sub.stdout
+    submitted = re.search(r"Submitted batch job (\d+)", sub.stdout)
+    assert submitted, sub.stdout + sub.stderr
+    job_id = submitted.group(1)
+    waited = wait_gone(job_id, 420)
+    log = (logs / f"sweep-{job_id}.out").read_text()
+    info = job_fields(job_id)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-5000:]
+    assert "ray nodes alive: 1 / 1" in log, log[-5000:]
+
+    exp = storage / name
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    statuses = [json.loads(t[0])["status"] for t in state["trial_data"]]
+    assert statuses == ["TERMINATED", "TERMINATED"], log[-5000:]
+    trials = sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("run_trial_"))
+    assert len(trials) == 2
+    accs = []
+    for trial in trials:
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert [r["training_iteration"] for r in rows] == [1] and 0.0 <= rows[0]["val/acc"] <= 1.0
+        accs.append(rows[0]["val/acc"])
+    best = json.loads((exp / "best.json").read_text())
+    assert best["best_value"] == pytest.approx(max(accs))
+    assert set(best["config"]) == {"model.neuron.threshold", "model.T"}
+    assert f"sweep {exp}: 2 trials, 0 failed" in log
+    assert f"best trial: val/acc={best['best_value']:.4f}" in log
+    print(f"sweep job {job_id} left the queue after {waited:.1f} s")
 
 
 # ----------------------------------------------------------------------------- rendering and bad input
