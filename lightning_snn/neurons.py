@@ -118,7 +118,21 @@ class NeuronConfig:
             raise ValueError(f"surrogate_alpha must be > 0, got {self.surrogate_alpha}")
 
 
-class LIF(nn.Module):
+class Stateful:
+    """Mixin of modules that carry state from one time step to the next: spiking neurons, and the
+    delays of models whose layers feed back across time steps. The state belongs to the strategy
+    that owns time: :func:`reset_states` puts it back at rest for every batch, and a strategy that
+    keeps no graph across steps (OTTT) cuts it from the past between steps with :func:`detach_states`.
+    """
+
+    def reset_state(self) -> None:
+        raise NotImplementedError
+
+    def detach_state(self) -> None:
+        raise NotImplementedError
+
+
+class LIF(Stateful, nn.Module):
     """Leaky integrate-and-fire layer (IF when ``leak == 1``) with reset by subtraction.
 
     ``forward`` is multi-step: it takes the input current ``[T, B, ...]`` and returns spikes of the
@@ -156,8 +170,10 @@ class LIF(nn.Module):
 
     def _vth(self) -> Tensor:
         if self.config.trainable_threshold:
-            with torch.no_grad():  # keep the learnt threshold above its floor
-                self.threshold.clamp_(min=self.config.threshold_floor)
+            # keep the learnt threshold above its floor; through ``.data`` so the projection does
+            # not bump the version of a tensor that earlier steps of the same graph saved (a
+            # step-by-step forward calls this every step; after the first call it changes nothing)
+            self.threshold.data.clamp_(min=self.config.threshold_floor)
         return self.threshold
 
     def _fire(self, h: Tensor, vth: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,12 +203,23 @@ class LIF(nn.Module):
     def reset_state(self) -> None:
         self.v = None
 
+    def detach_state(self) -> None:
+        if self.v is not None:
+            self.v = self.v.detach()
+
 
 def reset_states(module: nn.Module) -> None:
-    """Put every spiking layer of ``module`` back at rest."""
+    """Put every spiking layer (and every other :class:`Stateful` module) of ``module`` at rest."""
     for m in module.modules():
-        if isinstance(m, LIF):
+        if isinstance(m, Stateful):
             m.reset_state()
+
+
+def detach_states(module: nn.Module) -> None:
+    """Cut the state of every :class:`Stateful` module of ``module`` from the graph of the past."""
+    for m in module.modules():
+        if isinstance(m, Stateful):
+            m.detach_state()
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 (small widths), and the reference configs' models on random tensors (their data sets are not
 offline, so the CLI fast_dev_run test cannot run them)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from lightning_snn.models import MODELS
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import NeuronConfig
 from lightning_snn.strategies import STRATEGIES
+from lightning_snn.strategies.ottt import traced_synapses
 
 REFERENCE = sorted((Path(__file__).resolve().parents[1] / "configs" / "reference").glob("*.yaml"))
 
@@ -26,6 +28,8 @@ def n_params(net):
     [
         ("vgg11_ws", (3, 32, 32), 10, 9_228_362, 9.23),
         ("vgg11_ws", (3, 32, 32), 100, 9_274_532, 9.27),
+        ("vgg11f_ws", (3, 32, 32), 10, 9_523_338, 9.52),
+        ("vgg11f_ws", (3, 32, 32), 100, 9_569_508, 9.57),
         ("nf_resnet34", (3, 224, 224), 1000, 21_797_688, 21.80),
     ],
 )
@@ -118,6 +122,219 @@ def test_strategies_under_autocast(name, strategy):
                        neuron=NeuronConfig(trainable_threshold=True), **kw)
     strat = STRATEGIES.build(strategy, T=2)
     x, y = torch.randn(2, 1, 12, 12), torch.tensor([0, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if strategy == "ottt_a":
+            strat.run(net, x, y)
+        else:
+            F.cross_entropy(strat.forward(net, x).mean(0).float(), y).backward()
+    for p in net.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+# ------------------------------------------------------------------------------ VGG-F (feedback)
+def test_vgg11f_ws_count_by_hand():
+    # VGG(sWS) plus the feedback conv3x3 512 -> 64 with bias
+    for classes in (10, 100):
+        plain = n_params(MODELS.build("vgg11_ws", input_shape=(3, 32, 32), num_classes=classes))
+        net = MODELS.build("vgg11f_ws", input_shape=(3, 32, 32), num_classes=classes)
+        assert n_params(net) == plain + 9 * 512 * 64 + 64
+        assert net.feedback[0].scale_factor == 8 and net.fb_conv.weight.shape == (64, 512, 3, 3)
+        assert not net.fb_conv.weight.any() and not net.fb_conv.bias.any()  # zero-initialised
+    with pytest.raises(ValueError, match="not divisible by 8"):
+        MODELS.build("vgg11f_ws", input_shape=(3, 28, 36), num_classes=10)
+
+
+TINY_F = dict(input_shape=(3, 8, 8), num_classes=3, cfg=(4, "M", 8))  # last map 8 x 4 x 4, Upsample x2
+
+
+def tiny_vggf(leak=0.8, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = NeuronConfig(threshold=0.5, leak=leak, surrogate="sigmoid", surrogate_alpha=2.0, **kw)
+    return MODELS.build("vgg11f_ws", neuron=cfg, **TINY_F).double()
+
+
+def set_feedback(net, seed=1, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.fb_conv.weight.copy_(torch.randn(net.fb_conv.weight.shape, generator=g, dtype=net.fb_conv.weight.dtype) * scale)
+    return net
+
+
+def tiny_input(seed=0, B=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 8, 8, generator=g, dtype=torch.float64) * 2, torch.tensor([0, 2, 1, 0][:B])
+
+
+def test_vgg11f_ws_starts_as_vgg11_ws_and_feedback_acts_from_the_second_step():
+    net = tiny_vggf()
+    x, _ = tiny_input()
+    bptt = STRATEGIES.build("bptt", T=4)
+    # zero feedback: VGG-F is VGG(sWS) with the same weights
+    plain = MODELS.build("vgg11_ws", neuron=net.features[0].config, **TINY_F).double()
+    src = dict(net.named_parameters())
+    n_layers = len(plain.layers)
+    for name, p in plain.named_parameters():
+        idx, rest = name.split(".", 2)[1], name.split(".", 2)[2]
+        key = ("conv1" if idx == "0" else "head" if int(idx) == n_layers - 1
+               else f"features.{int(idx) - 1}") + "." + rest
+        p.data.copy_(src[key])
+    with torch.no_grad():
+        off = bptt.forward(net, x)
+        torch.testing.assert_close(off, bptt.forward(plain, x), rtol=0, atol=0)
+        # the last layer fires, so a non-zero feedback weight has something to carry
+        spikes = []
+        h = net.features[-2].register_forward_hook(lambda m, i, o: spikes.append(o))
+        bptt.forward(net, x)
+        h.remove()
+        assert all(s.sum() > 0 for s in spikes[:-1])
+        on = bptt.forward(set_feedback(net), x)
+    assert torch.equal(on[0], off[0])  # step 0: the network was at rest, nothing fed back
+    for t in range(1, 4):
+        assert not torch.allclose(on[t], off[t]), t
+
+
+def test_vgg11f_ws_state_is_reset_between_batches():
+    net = set_feedback(tiny_vggf())
+    x, y = tiny_input()
+    other = x.flip(0) + 1.0
+    bptt, ottt = STRATEGIES.build("bptt", T=3), STRATEGIES.build("ottt_a", T=3)
+    first = bptt.forward(net, x)
+    assert net.delay.value is None and all(m.v is None for m in net.spiking_layers())  # nothing kept
+    bptt.forward(net, other)
+    torch.testing.assert_close(bptt.forward(net, x), first, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(net(bptt.encode(x)), first, rtol=0, atol=0)  # the model itself
+    # OTTT: one call per step, state carried by the strategy; same values as the unrolled forward
+    _, online = ottt.run(net, x, y)
+    ottt.run(net, other, y)
+    _, again = ottt.run(net, x, y)
+    assert net.delay.value is None
+    torch.testing.assert_close(online, first.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(again, online, rtol=0, atol=0)
+
+
+def ste(z, alpha):
+    """Forward exactly H(z), gradient the sigmoid surrogate's (as tests/test_bptt.py)."""
+    smooth = torch.sigmoid(alpha * z)
+    return (z >= 0).to(z.dtype) + smooth - smooth.detach()
+
+
+def sws(w, gain, eps=1e-4):
+    mean = w.mean((1, 2, 3), keepdim=True)
+    var = w.var((1, 2, 3), keepdim=True, unbiased=False)
+    return (w - mean) * torch.rsqrt(var * w[0].numel() + eps) * gain
+
+
+def unrolled_tiny_vggf(p, x, y, T, cfg, scale, detach_feedback=False):
+    """The tiny VGG-F (cfg (4, M, 8)) written out step by step: two sWS layers, feedback 8 -> 4."""
+    v1 = v2 = 0.0
+    f = torch.zeros(x.shape[0], 8, 4, 4, dtype=x.dtype)  # at rest
+    outs = []
+    for _ in range(T):
+        prev = f.detach() if detach_feedback else f
+        fb = F.conv2d(F.interpolate(prev, scale_factor=2, mode="nearest"), p["fb_w"], p["fb_b"], padding=1)
+        h1 = cfg.leak * v1 + F.conv2d(x, sws(p["w1"], p["g1"]), p["b1"], padding=1) + fb
+        s1 = ste(h1 - cfg.threshold, cfg.surrogate_alpha)
+        v1 = h1 - cfg.threshold * s1
+        h2 = cfg.leak * v2 + F.conv2d(F.avg_pool2d(s1 * scale, 2), sws(p["w2"], p["g2"]), p["b2"], padding=1)
+        s2 = ste(h2 - cfg.threshold, cfg.surrogate_alpha)
+        v2 = h2 - cfg.threshold * s2
+        f = s2 * scale
+        outs.append(F.linear(f.mean((2, 3)), p["fc_w"], p["fc_b"]))
+    return F.cross_entropy(torch.stack(outs).mean(0), y)
+
+
+def test_vgg11f_ws_bptt_gradient_equals_unrolled():
+    T = 3
+    net = set_feedback(tiny_vggf())
+    cfg = net.features[0].config
+    x, y = tiny_input()
+    F.cross_entropy(STRATEGIES.build("bptt", T=T).forward(net, x).mean(0), y).backward()
+    names = {"w1": "conv1.0.weight", "g1": "conv1.0.gain", "b1": "conv1.0.bias",
+             "w2": "features.3.0.weight", "g2": "features.3.0.gain", "b2": "features.3.0.bias",
+             "fc_w": "head.2.weight", "fc_b": "head.2.bias",
+             "fb_w": "feedback.1.weight", "fb_b": "feedback.1.bias"}
+    params = dict(net.named_parameters())
+    assert sorted(params) == sorted(names.values())
+    grads = {}
+    for detach in (False, True):
+        p = {k: params[v].detach().clone().requires_grad_() for k, v in names.items()}
+        unrolled_tiny_vggf(p, x, y, T, cfg, net.features[1][0].scale, detach).backward()
+        grads[detach] = {k: t.grad for k, t in p.items()}
+    for k, v in names.items():
+        torch.testing.assert_close(params[v].grad, grads[False][k], rtol=1e-10, atol=1e-12)
+    fb = params["feedback.1.weight"].grad
+    assert fb.abs().sum() > 0
+    # the gradient flows back through the feedback across steps: cutting it changes the result
+    assert not torch.allclose(fb, grads[True]["fb_w"])
+
+
+def test_vgg11f_ws_ottt_a_feedback_gradient_is_error_times_trace():
+    """OTTT_A: dW_fb = sum_t g[t] (x) a[t], g[t] the first layer's input error at step t and
+    a[t] = lambda_1 a[t-1] + Upsample(f[t-1]) with lambda_1 the first layer's leak."""
+    T = 4
+    net = tiny_vggf(leak=0.8)
+    lif1 = net.features[0]
+    lif1.config = dataclasses.replace(lif1.config, leak=0.5)  # postsynaptic leak != the others'
+    leaks = dict((id(m), leak) for m, leak in traced_synapses(net))
+    assert leaks[id(net.fb_conv)] == 0.5 and leaks[id(net.features[3][0])] == 0.8
+    assert id(net.conv1[0]) not in leaks  # the input conv sees the image: plain, as in the paper
+    x, y = tiny_input()
+    rec = {"x": [], "g": []}
+
+    def hook(mod, inp, out):
+        assert not inp[0].requires_grad  # the delayed features are detached between steps
+        rec["x"].append(inp[0].clone())
+        out.register_hook(lambda g: rec["g"].append(g.clone()))
+
+    h = net.fb_conv.register_forward_hook(hook)
+    loss, out = STRATEGIES.build("ottt_a", T=T).run(net, x, y)
+    h.remove()
+    assert torch.isfinite(loss) and out.shape == (T, 2, 3)
+    assert len(rec["x"]) == len(rec["g"]) == T
+    assert not rec["x"][0].any()  # step 0 sees the network at rest
+    w = net.fb_conv.weight
+    a, expected = torch.zeros_like(rec["x"][0]), torch.zeros_like(w)
+    for xi, g in zip(rec["x"], rec["g"]):
+        a = 0.5 * a + xi
+        expected += torch.nn.grad.conv2d_weight(a, w.shape, g, padding=1)
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    torch.testing.assert_close(w.grad, expected, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(net.fb_conv.bias.grad, sum(g.sum((0, 2, 3)) for g in rec["g"]))
+
+
+@pytest.mark.parametrize("strategy", ["bptt", "ottt_a", "ottt_o", "dsr", "ide"])
+def test_vgg11f_ws_strategies(strategy):
+    net = MODELS.build("vgg11f_ws", neuron=NeuronConfig(threshold=0.5, leak=0.8, trainable_threshold=True),
+                       **TINY_F)
+    strat = STRATEGIES.build(strategy, T=3)
+    if strategy in ("dsr", "ide"):
+        with pytest.raises(ValueError, match=rf"'{strategy}' cannot train model SpikingVGG11FWS "
+                           r"\(kind 'recurrent'\).*\['bptt', 'ottt_a', 'ottt_o'\]"):
+            strat.check_model(net)
+        return
+    strat.check_model(net)
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 3, 8, 8) * 2, torch.tensor([0, 2, 1])
+    if strategy.startswith("ottt"):
+        _, out = strat.run(net, x, y)
+    else:
+        out = strat.forward(net, x)
+        F.cross_entropy(out.mean(0), y).backward()
+    assert out.shape == (3, 3, 3)
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert net.fb_conv.weight.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        assert strat.forward(net, x).shape == (3, 3, 3)
+
+
+@pytest.mark.parametrize("strategy", ["bptt", "ottt_a"])
+def test_vgg11f_ws_under_autocast(strategy):
+    net = MODELS.build("vgg11f_ws", neuron=NeuronConfig(trainable_threshold=True), **TINY_F)
+    strat = STRATEGIES.build(strategy, T=2)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         if strategy == "ottt_a":
             strat.run(net, x, y)

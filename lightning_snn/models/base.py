@@ -13,7 +13,9 @@ from lightning_snn.registry import Registry
 class SpikingNet(nn.Module):
     """A spiking network written once, run through time by a gradient strategy.
 
-    ``kind`` tells strategies what they can do with it (``feedforward`` or ``feedback``).
+    ``kind`` tells strategies what they can do with it: ``feedforward``, ``feedback`` (an
+    equilibrium model, IDE) or ``recurrent`` (a layer at step t reads a later layer at step t-1,
+    so it runs step by step, e.g. VGG-F).
     ``forward`` maps an input sequence ``[T, B, ...]`` to per-step outputs ``[T, B, classes]``.
     """
 

@@ -1,7 +1,10 @@
-"""Deep feed-forward SNNs of the OTTT and DSR papers.
+"""Deep SNNs of the OTTT and DSR papers (feed-forward, and OTTT's recurrent VGG-F).
 
 - ``vgg11_ws``: OTTT's VGG-11 with scaled weight standardisation (no batch norm), average pooling,
   a ``spike_scale`` (2.74) after every spiking layer, global pool and linear read-out.
+- ``vgg11f_ws``: OTTT's VGG-F, the same with a zero-initialised feedback conv from the last feature
+  map (upsampled x8) to the first layer, one step later; it runs step by step (kind ``recurrent``:
+  BPTT and OTTT train it, DSR cannot).
 - ``preact_resnet18``: DSR's pre-activation ResNet-18 for CIFAR (BN -> spike -> conv blocks);
   ``resnet18`` / ``resnet34``: the same blocks with the ImageNet stem (7x7/2 conv, 3x3/2 pool).
 - ``nf_resnet34``: OTTT's normaliser-free ResNet-34 for ImageNet (sWS conv, x/beta pre-activation,
@@ -21,10 +24,25 @@ from torch import Tensor, nn
 from lightning_snn.layers import Scale, ScaledWSConv2d, TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.feedforward import readout
-from lightning_snn.neurons import LIF, NeuronConfig
+from lightning_snn.neurons import LIF, NeuronConfig, Stateful, neuron_dynamics, reset_states
 
 OTTT_SPIKE_SCALE = 2.74  # scaled-WS / NF-ResNet scale after each spiking layer (OTTT Sec. 4.4)
 VGG11_WS = (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
+
+
+def _vgg_ws_stages(c: int, cfg: Sequence[int | str], neuron: NeuronConfig | None,
+                   spike_scale: float) -> tuple[list[nn.Module], int]:
+    """[sWS conv3x3 -> spike -> x spike_scale] per number in ``cfg``, 2x2 average pool per ``M``;
+    also returns the last channel count."""
+    layers: list[nn.Module] = []
+    for v in cfg:
+        if v == "M":
+            layers.append(TimeDistributed(nn.AvgPool2d(2)))
+        else:
+            layers += [TimeDistributed(ScaledWSConv2d(c, int(v), 3, padding=1)), LIF(neuron),
+                       TimeDistributed(Scale(spike_scale))]
+            c = int(v)
+    return layers, c
 
 
 @MODELS.register("vgg11_ws")
@@ -41,20 +59,124 @@ class SpikingVGG11WS(SpikingNet):
         spike_scale: float = OTTT_SPIKE_SCALE,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c = input_shape[0]
-        for v in cfg:
-            if v == "M":
-                layers.append(TimeDistributed(nn.AvgPool2d(2)))
-            else:
-                layers += [TimeDistributed(ScaledWSConv2d(c, int(v), 3, padding=1)), LIF(neuron),
-                           TimeDistributed(Scale(spike_scale))]
-                c = int(v)
+        layers, c = _vgg_ws_stages(input_shape[0], cfg, neuron, spike_scale)
         layers.append(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes)))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+class Delay(Stateful, nn.Module):
+    """Holds a signal for one time step: ``value`` is what was ``push``-ed at the previous step
+    (``None`` at rest). Its state is the strategy's, like a neuron's: put back at rest by
+    ``reset_states``, cut from the past by ``detach_states`` (OTTT), kept in the graph otherwise
+    (BPTT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: Tensor | None = None
+
+    def push(self, x: Tensor) -> None:
+        self.value = x
+
+    def reset_state(self) -> None:
+        self.value = None
+
+    def detach_state(self) -> None:
+        if self.value is not None:
+            self.value = self.value.detach()
+
+
+def _carry_step(layer: LIF, x: Tensor) -> Tensor:
+    """Neuron dynamics of a model that runs step by step itself: continue from the stored state,
+    with the graph through time (no detach)."""
+    return torch.stack([layer.step(x[t]) for t in range(x.shape[0])])
+
+
+@MODELS.register("vgg11f_ws")
+class SpikingVGG11FWS(SpikingNet):
+    """OTTT's VGG-F: VGG(sWS) with a feedback connection from the last feature map to the first
+    layer, whose input current at step t is
+
+        conv1(x[t]) + fb_conv(Upsample(f[t-1]))
+
+    with ``f`` the last stage's output (spikes x ``spike_scale``, 512 x 4 x 4 for CIFAR), a nearest
+    Upsample by 2^(number of pools) back to the first layer's resolution (x8: 4x4 -> 32x32) and
+    ``fb_conv`` a 3x3 conv 512 -> 64 with bias, initialised to zero (so the network starts as
+    VGG(sWS)). 9.52M parameters for 10 classes, 9.57M for 100.
+
+    The first layer at step t depends on the last at step t-1, so the model runs step by step
+    (``kind = "recurrent"``). ``f[t-1]`` is held by a :class:`Delay`, stateful like the neurons:
+    ``forward`` of a ``[T, B, ...]`` sequence starts from rest and keeps nothing, with the graph
+    through time (BPTT); when a strategy runs the neurons with dynamics of its own (OTTT's online
+    steps, one call per step) the model continues from the stored state, which that strategy resets
+    per batch and detaches between steps. At rest ``f[-1] = 0``: at step 0 the feedback adds only
+    its bias (the official code skips the feedback conv at step 0; the two agree while the bias is
+    zero, and this keeps every parameter in every step's graph, as DDP expects). Under OTTT the
+    feedback conv is a trace synapse like the others, with the trace leak of its postsynaptic
+    neuron (the first layer's). DSR (whole-sequence neuron maps) and IDE cannot train it.
+    """
+
+    kind = "recurrent"
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        neuron: NeuronConfig | None = None,
+        cfg: Sequence[int | str] = VGG11_WS,
+        spike_scale: float = OTTT_SPIKE_SCALE,
+    ) -> None:
+        super().__init__()
+        if not cfg or cfg[0] == "M":
+            raise ValueError(f"vgg11f_ws needs a conv layer first in cfg, got {list(cfg)}")
+        self.factor = 2 ** sum(v == "M" for v in cfg)
+        if input_shape[1] % self.factor or input_shape[2] % self.factor:
+            raise ValueError(
+                f"vgg11f_ws: input {tuple(input_shape[1:])} is not divisible by {self.factor} "
+                f"(2^pools), so the upsampled feedback would not match the first layer's map"
+            )
+        layers, c = _vgg_ws_stages(input_shape[0], cfg, neuron, spike_scale)
+        self.conv1 = layers[0]  # sees the analogue input: a plain synapse under OTTT
+        self.features = nn.Sequential(*layers[1:])  # first spiking layer ... last x spike_scale
+        self.head = TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes))
+        fb_conv = TraceConv2d(c, int(cfg[0]), 3, padding=1)
+        nn.init.zeros_(fb_conv.weight)
+        nn.init.zeros_(fb_conv.bias)
+        # its postsynaptic neuron comes before it in registration order: name it for OTTT's trace
+        # (a plain reference, not a submodule: no second copy in the state dict)
+        fb_conv.__dict__["postsynaptic"] = self.features[0]
+        self.feedback = TimeDistributed(nn.Upsample(scale_factor=self.factor, mode="nearest"), fb_conv)
+        self.delay = Delay()
+        self.last_channels = c
+
+    @property
+    def fb_conv(self) -> TraceConv2d:
+        return self.feedback[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if any(m.dynamics is not None for m in self.spiking_layers()):
+            return self._run(x)  # a strategy owns the state (OTTT's online steps)
+        reset_states(self)  # plain multi-step forward: from rest, graph through time, keeps nothing
+        try:
+            with neuron_dynamics(self, _carry_step):
+                return self._run(x)
+        finally:
+            reset_states(self)
+
+    def _run(self, x: Tensor) -> Tensor:
+        current = self.conv1(x)  # all steps at once (computed once for a static input)
+        outs = []
+        for t in range(x.shape[0]):
+            prev = self.delay.value
+            if prev is None:  # at rest: no spikes yet
+                B, _, H, W = current.shape[1:]
+                prev = current.new_zeros(1, B, self.last_channels, H // self.factor, W // self.factor)
+            f = self.features(current[t : t + 1] + self.feedback(prev))
+            self.delay.push(f)
+            outs.append(self.head(f))
+        return torch.cat(outs)
 
 
 # ------------------------------------------------------------------------------ pre-activation ResNet

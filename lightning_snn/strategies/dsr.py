@@ -98,6 +98,10 @@ class DSR(GradientStrategy):
             saturated units).
         threshold_grad_scale: multiplies the threshold gradient (the official ImageNet IF code
             uses 0.001).
+
+    Feed-forward models only: each neuron layer is differentiated as a map of its whole input
+    sequence, so a ``recurrent`` model (VGG-F: the first layer at step t depends on the last layer
+    at step t-1) is rejected by ``check_model``; train it with ``bptt``, ``ottt_a`` or ``ottt_o``.
     """
 
     name = "dsr"

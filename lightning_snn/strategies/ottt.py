@@ -1,6 +1,8 @@
 """Online training through time (OTTT): per-step forward and backward, constant memory in T.
 
-At every time step t the network runs one step from neuron state detached from the past; each
+At every time step t the network runs one step from neuron state detached from the past (and any
+other state carried across steps, e.g. the feedback delay of a ``recurrent`` model such as VGG-F,
+whose feedback synapse then takes its gradient from a trace like every other); each
 trace-aware synaptic layer keeps a presynaptic trace a[t] = lambda * a[t-1] + s[t] (no gradient);
 the instantaneous loss L[t] is back-propagated through the layers at step t only (surrogate
 derivative at each neuron), and a layer's weight gradient is the three-factor form
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TraceSynapse
 from lightning_snn.models.base import SpikingNet
-from lightning_snn.neurons import LIF, neuron_dynamics, reset_states
+from lightning_snn.neurons import LIF, detach_states, neuron_dynamics, reset_states
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
 if TYPE_CHECKING:
@@ -34,8 +36,7 @@ def online_step(layer: LIF, x: Tensor) -> Tensor:
     """Neuron dynamics for OTTT: step from the stored state, detached so no graph spans steps."""
     out = []
     for t in range(x.shape[0]):
-        if layer.v is not None:
-            layer.v = layer.v.detach()  # u[t] = lambda * sg(u[t-1]) + I[t]
+        layer.detach_state()  # u[t] = lambda * sg(u[t-1]) + I[t]
         out.append(layer.step(x[t]))
     return torch.stack(out)
 
@@ -46,7 +47,8 @@ def traced_synapses(model: nn.Module, trace_input: bool = False) -> list[tuple[T
     A layer's trace uses the leak of the next spiking layer in registration order (its
     postsynaptic neuron: du[t]/dW = sum_tau lambda^(t-tau) s[tau] without reset), or of the
     previous one for a read-out. Layers before the first spiking layer see the analogue input and
-    are left plain unless ``trace_input``.
+    are left plain unless ``trace_input``. A synapse whose postsynaptic neuron comes before it in
+    registration order (a feedback synapse into an earlier layer) names it as ``postsynaptic``.
     """
     mods = list(model.modules())
     lifs = [i for i, m in enumerate(mods) if isinstance(m, LIF)]
@@ -55,6 +57,10 @@ def traced_synapses(model: nn.Module, trace_input: bool = False) -> list[tuple[T
     out = []
     for i, m in enumerate(mods):
         if not isinstance(m, TraceSynapse):
+            continue
+        post = getattr(m, "postsynaptic", None)
+        if post is not None:  # named by the model: it sees spikes, whatever its position
+            out.append((m, post.leak))
             continue
         if i < lifs[0] and not trace_input:
             continue
@@ -74,7 +80,7 @@ class OTTT(GradientStrategy):
             the official models leave it plain.
     """
 
-    supported_kinds = frozenset({"feedforward"})
+    supported_kinds = frozenset({"feedforward", "recurrent"})
     automatic_optimization = False
     online_update: ClassVar[bool]
 
@@ -134,7 +140,11 @@ class OTTT(GradientStrategy):
             reset_states(model)
             return model(xs)
         with self.online(model, traces=False):
-            return torch.cat([model(xs[t : t + 1]) for t in range(xs.shape[0])])
+            outs = []
+            for t in range(xs.shape[0]):
+                detach_states(model)  # no graph across steps (a recurrent model's delays too)
+                outs.append(model(xs[t : t + 1]))
+            return torch.cat(outs)
 
     def run(
         self,
@@ -153,6 +163,7 @@ class OTTT(GradientStrategy):
         outs, total = [], torch.zeros((), device=x.device)
         with self.online(model, traces=True):
             for t in range(T):
+                detach_states(model)  # no graph across steps (a recurrent model's delays too)
                 out = model(xs[t : t + 1])[0]
                 loss = self.step_loss(out, y) / T
                 backward(loss, t == T - 1)
