@@ -77,6 +77,11 @@ def imagenet_folder(root: str, train: bool, download: bool, transform: Callable 
     return datasets.ImageFolder(str(split), transform=transform)
 
 
+def _event_spec(reader: Callable[..., Dataset], folder: str, fmt: EventFormat) -> DatasetSpec:
+    """A 10-class event data set: one input is a frame of ``fmt``'s shape (no normalisation)."""
+    return DatasetSpec(reader, folder, fmt.frame_shape, 10, (), (), events=fmt)
+
+
 _CIFAR_AUG = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -101,21 +106,15 @@ for _name, _spec in {
         [v2.Resize(256, antialias=True), v2.CenterCrop(224)],
     ),
     # N-MNIST: 34x34 ATIS recordings, frames of equal duration (no augmentation in the papers)
-    "nmnist": DatasetSpec(
-        nmnist, "NMNIST", (2, 34, 34), 10, (), (), events=EventFormat((34, 34, 2)),
-    ),
+    "nmnist": _event_spec(nmnist, "NMNIST", EventFormat((34, 34, 2))),
     # IDE's N-MNIST input: the same frames clipped to binary spikes
-    "nmnist_spikes": DatasetSpec(
-        nmnist, "NMNIST", (2, 34, 34), 10, (), (), events=EventFormat((34, 34, 2), binary=True),
-    ),
+    "nmnist_spikes": _event_spec(nmnist, "NMNIST", EventFormat((34, 34, 2), binary=True)),
     # CIFAR10-DVS: 128x128 DVS recordings, frames of equal event count resized to 48x48, random
     # crop (pad 4) + flip for training (OTTT / DSR / IDE)
-    "cifar10_dvs": DatasetSpec(
-        cifar10_dvs, "CIFAR10DVS", (2, 48, 48), 10, (), (), events=EventFormat(
-            (128, 128, 2), "number", size=48,
-            augment=[v2.RandomCrop(48, padding=4), v2.RandomHorizontalFlip()],
-        ),
-    ),
+    "cifar10_dvs": _event_spec(cifar10_dvs, "CIFAR10DVS", EventFormat(
+        (128, 128, 2), "number", size=48,
+        augment=[v2.RandomCrop(48, padding=4), v2.RandomHorizontalFlip()],
+    )),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
 

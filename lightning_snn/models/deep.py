@@ -149,7 +149,6 @@ class SpikingVGG11FWS(SpikingNet):
         fb_conv.__dict__["postsynaptic"] = self.features[0]
         self.feedback = TimeDistributed(nn.Upsample(scale_factor=self.factor, mode="nearest"), fb_conv)
         self.delay = Delay()
-        self.last_channels = c
 
     @property
     def fb_conv(self) -> TraceConv2d:
@@ -172,7 +171,7 @@ class SpikingVGG11FWS(SpikingNet):
             prev = self.delay.value
             if prev is None:  # at rest: no spikes yet
                 B, _, H, W = current.shape[1:]
-                prev = current.new_zeros(1, B, self.last_channels, H // self.factor, W // self.factor)
+                prev = current.new_zeros(1, B, self.fb_conv.in_channels, H // self.factor, W // self.factor)
             f = self.features(current[t : t + 1] + self.feedback(prev))
             self.delay.push(f)
             outs.append(self.head(f))
