@@ -34,7 +34,6 @@ def _status_kib(field: str) -> int:
 def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, device: str) -> dict:
     """One point, in this process: peak memory of the first step, mean time of the next ones."""
     import torch
-    import torch.nn.functional as F
 
     from lightning_snn.models import MODELS
     from lightning_snn.neurons import NeuronConfig
@@ -49,19 +48,17 @@ def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, de
     x = torch.randn(batch_size, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch_size,), device=dev)
 
+    def backward(loss, last):  # the per-batch or per-time-step optimiser step of the strategy
+        if strat.update_every_step:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if strat.update_every_step:
+            opt.step()
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        if strategy == "ottt_a":
-            strat.run(net, x, y)
-            opt.step()
-        elif strategy == "ottt_o":
-            def backward(loss, last):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            strat.run(net, x, y, backward)
-        else:
-            F.cross_entropy(strat.forward(net, x).mean(0), y).backward()
+        strat.train_step(net, x, y, backward=backward)
+        if not strat.update_every_step:
             opt.step()
 
     def sync() -> None:

@@ -9,13 +9,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_snn.neurons import LIF
+from lightning_snn.neurons import SpikingNeuron
 
 
 class FiringRateMonitor(pl.Callback):
     """Log the mean firing rate of every spiking layer over each validation epoch.
 
-    Spikes are read where the layers emit them: a forward hook on each ``LIF`` module (multi-step
+    Spikes are read where the layers emit them: a forward hook on each spiking layer (multi-step
     networks) and a wrapper around its single-step ``step`` (networks whose strategy owns the loop
     over time, e.g. feedback SNNs under IDE). Both only read the output, so the numerics are those of
     an unmonitored run. Scalars ``<prefix>/layer<i>`` go to every logger; with a W&B logger the
@@ -30,7 +30,7 @@ class FiringRateMonitor(pl.Callback):
         self.prefix = prefix
         self.histograms = histograms
         self._handles: list[Any] = []
-        self._layers: list[LIF] = []
+        self._layers: list[SpikingNeuron] = []
         self._sums: list[Tensor | None] = []
         self._counts: list[int] = []
 
@@ -43,7 +43,7 @@ class FiringRateMonitor(pl.Callback):
         self._sums[i] = per_neuron if self._sums[i] is None else self._sums[i] + per_neuron
         self._counts[i] += math.prod(s.shape[:leading])
 
-    def _attach(self, layers: list[LIF]) -> None:
+    def _attach(self, layers: list[SpikingNeuron]) -> None:
         self._layers = layers
         self._sums = [None] * len(layers)
         self._counts = [0] * len(layers)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_snn.loss import LossConfig, SpikingLoss
 from lightning_snn.models import MODELS, SpikingNet
 from lightning_snn.neurons import NeuronConfig
 from lightning_snn.strategies import STRATEGIES, GradientStrategy
@@ -29,7 +30,9 @@ class SNNModule(pl.LightningModule):
         strategy: gradient strategy name in ``lightning_snn.strategies.STRATEGIES``.
         strategy_args: extra constructor arguments of the strategy.
         T: time steps per sample.
-        per_step_loss: mean of the per-step losses instead of the loss of the time-averaged output.
+        loss: the training and evaluation loss (``lightning_snn.loss``): ``per_step`` (mean of
+            per-step losses or loss of the time-averaged output; unset: the strategy's) and
+            ``mse_weight`` (OTTT's ``loss_lambda``).
         optimizer: ``sgd``, ``adam`` or ``adamw``.
         lr, momentum, weight_decay, nesterov: optimiser settings (momentum/nesterov: SGD only).
         scheduler: ``cosine`` (to 0 over the run), ``multistep`` (x``gamma`` at ``milestones``
@@ -47,7 +50,7 @@ class SNNModule(pl.LightningModule):
         strategy: str = "bptt",
         strategy_args: dict[str, Any] | None = None,
         T: int = 4,
-        per_step_loss: bool = False,
+        loss: LossConfig | None = None,
         optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -70,7 +73,9 @@ class SNNModule(pl.LightningModule):
             **(network_args or {}),
         )
         self.strategy.check_model(self.net)
-        self.automatic_optimization = self.strategy.automatic_optimization
+        # one loss for training and evaluation (an online strategy calls it per step)
+        self.loss = SpikingLoss.for_strategy(self.strategy, loss)
+        self.automatic_optimization = not self.strategy.online
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -80,21 +85,45 @@ class SNNModule(pl.LightningModule):
         """Class scores ``[B, classes]``: the time-averaged output of the strategy's run."""
         return self.strategy.forward(self.net, x).mean(0)
 
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy of the time-averaged output, or the mean of per-step cross-entropies."""
-        if self.hparams.per_step_loss:
-            T = out.shape[0]
-            return F.cross_entropy(out.flatten(0, 1), y.repeat(T))
-        return F.cross_entropy(out.mean(0), y)
-
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        loss, out = self.strategy.training_step(self, x, y)
+        if self.strategy.online:
+            loss, out = self._online_training_step(x, y)
+        else:  # Lightning back-propagates the returned loss
+            loss, out = self.strategy.train_step(self.net, x, y, self.loss, backward=None)
         self.train_acc(out.mean(0).detach(), y)
         self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def _online_training_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Manual optimisation of an online strategy: the ``backward(loss, last_step)`` it calls
+        per time step back-propagates, with the DDP gradient all-reduce only at the last step of an
+        accumulating strategy, or steps the optimiser every time (``update_every_step``)."""
+        opt = self.optimizers()
+        scheds = self.lr_schedulers()
+        wrapped = self.trainer.model  # the DDP wrapper under DDP, else the module itself
+        no_sync = getattr(wrapped, "no_sync", None)
+        every_step = self.strategy.update_every_step
+
+        def backward(loss: Tensor, last: bool) -> None:
+            if every_step:
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+            else:
+                with nullcontext() if last or no_sync is None else no_sync():
+                    self.manual_backward(loss)
+
+        if not every_step:
+            opt.zero_grad()
+        loss, out = self.strategy.train_step(self.net, x, y, self.loss, backward)
+        if not every_step:
+            opt.step()
+        for s in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            s.step()  # one schedule step per batch, for both kinds of update
+        return loss, out
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

@@ -1,4 +1,5 @@
-"""Spiking neurons: IF / LIF with reset by subtraction and surrogate spike functions.
+"""Spiking neurons: a registry of kinds (IF, LIF, PLIF) with reset by subtraction, and surrogate
+spike functions.
 
 Convention (one for the whole project): spikes are in {0, 1}, thresholds in potential units, time is
 the leading axis of a ``[T, B, ...]`` tensor. With leak ``lambda`` (``lambda = 1`` is IF) and
@@ -18,10 +19,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from lightning_snn.registry import Registry
 
 # --------------------------------------------------------------------------------------------------
 # Surrogate spike functions: forward is the Heaviside step, backward a smooth pseudo-derivative.
@@ -73,7 +76,7 @@ def spike(x: Tensor, surrogate: str = "sigmoid", alpha: float = 4.0) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Neuron configuration and module
+# Neuron configuration, the neuron kinds (a registry) and their common base
 # --------------------------------------------------------------------------------------------------
 
 
@@ -82,6 +85,8 @@ class NeuronConfig:
     """Hyper-parameters shared by every spiking layer of a model.
 
     Args:
+        kind: neuron kind in ``NEURONS``: ``lif`` (``leak = 1`` is IF, the default), ``if``
+            (leak fixed to 1) or ``plif`` (learnable leak, initialised to ``leak``).
         threshold: firing threshold Vth (> 0); the initial value when trainable.
         leak: membrane leak lambda in (0, 1]; 1 is the IF neuron.
         trainable_threshold: learn one threshold per neuron layer.
@@ -98,6 +103,7 @@ class NeuronConfig:
     surrogate: str = "sigmoid"
     surrogate_alpha: float = 4.0
     detach_reset: bool = False
+    kind: str = "lif"
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -116,6 +122,7 @@ class NeuronConfig:
             )
         if not self.surrogate_alpha > 0:
             raise ValueError(f"surrogate_alpha must be > 0, got {self.surrogate_alpha}")
+        NEURONS.get(self.kind).check_config(self)  # unknown kind: lists the valid ones
 
 
 class Stateful:
@@ -132,28 +139,132 @@ class Stateful:
         raise NotImplementedError
 
 
-class LIF(Stateful, nn.Module):
-    """Leaky integrate-and-fire layer (IF when ``leak == 1``) with reset by subtraction.
+Dynamics = Callable[["SpikingNeuron", Tensor], Tensor]
+
+
+class SpikingNeuron(Stateful, nn.Module):
+    """Base class of every neuron kind: a spiking layer with reset by subtraction.
+
+    A kind defines the three hooks of one time step, which every strategy composes::
+
+        h = charge(v, x)        s = fire(h, vth)        v = reset(h, s, vth)
 
     ``forward`` is multi-step: it takes the input current ``[T, B, ...]`` and returns spikes of the
     same shape, starting from rest, so no state survives between calls. ``step`` is the single-step
-    form for strategies that own the loop over time (OTTT); they call ``reset_state`` per batch.
+    form for strategies and models that own the loop over time; they call ``reset_state`` per batch.
+    The threshold is read through :meth:`vth` only (it applies the floor of a trainable one).
 
     A strategy that needs other dynamics in the same model (OTTT's online steps, DSR's closed-form
     backward) sets ``dynamics`` -- a function ``(layer, x [T, B, ...]) -> spikes`` -- for the
     duration of its run with :func:`neuron_dynamics`; ``None`` is the plain multi-step forward.
+
+    Kinds whose weighted firing rate tracks a closed-form map of the input (the *spike
+    representation* that DSR and IDE differentiate) set ``has_rate_map`` and implement
+    :meth:`rate_weights` and :meth:`rate_map`.
     """
+
+    kind: ClassVar[str]
+    has_rate_map: ClassVar[bool] = False
 
     def __init__(self, config: NeuronConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or NeuronConfig()
+        self.config = config = config or NeuronConfig(kind=self.kind)
         th = torch.tensor(float(config.threshold))
         if config.trainable_threshold:
             self.threshold = nn.Parameter(th)
         else:
             self.register_buffer("threshold", th, persistent=False)
         self.v: Tensor | None = None  # post-reset potential between single steps
-        self.dynamics: Callable[[LIF, Tensor], Tensor] | None = None
+        self.dynamics: Dynamics | None = None
+
+    @classmethod
+    def check_config(cls, config: NeuronConfig) -> None:
+        """Raise a clear error for settings this kind cannot take."""
+
+    # ------------------------------------------------------------------ the threshold accessor
+    def vth(self) -> Tensor:
+        """The firing threshold, a trainable one first clamped to its floor."""
+        if self.config.trainable_threshold:
+            # keep the learnt threshold above its floor; through ``.data`` so the projection does
+            # not bump the version of a tensor that earlier steps of the same graph saved (a
+            # step-by-step forward calls this every step; after the first call it changes nothing)
+            self.threshold.data.clamp_(min=self.config.threshold_floor)
+        return self.threshold
+
+    # ------------------------------------------------------------------ hooks of one time step
+    @property
+    def leak(self) -> float | Tensor:
+        """Membrane leak lambda of ``charge`` (a tensor when it is learnt)."""
+        raise NotImplementedError
+
+    def leak_value(self) -> float:
+        """The current leak as a number (e.g. for OTTT's presynaptic traces)."""
+        leak = self.leak
+        return float(leak.detach()) if isinstance(leak, Tensor) else float(leak)
+
+    def charge(self, v: Tensor | None, x: Tensor) -> Tensor:
+        """h[t] = lambda * v[t-1] + I[t] (from rest when ``v`` is None)."""
+        return x if v is None else self.leak * v + x
+
+    def fire(self, h: Tensor, vth: Tensor) -> Tensor:
+        """s[t] = H(h[t] - Vth), with the configured surrogate gradient."""
+        return spike(h - vth, self.config.surrogate, self.config.surrogate_alpha)
+
+    def reset(self, h: Tensor, s: Tensor, vth: Tensor) -> Tensor:
+        """v[t] = h[t] - Vth * s[t] (reset by subtraction; the term detached if configured)."""
+        return h - vth * (s.detach() if self.config.detach_reset else s)
+
+    # ------------------------------------------------------------------ spike representation
+    def rate_weights(self, T: int, like: Tensor) -> Tensor:
+        """w_t = lambda^(T-t), t = 1..T: the weights of the weighted firing rate."""
+        raise NotImplementedError(f"neuron kind {self.kind!r} declares no spike representation")
+
+    def rate_map(self, x_bar: Tensor, vth: Tensor) -> Tensor:
+        """r = clamp(x_bar / Vth, 0, 1): the weighted rate a constant input x_bar drives."""
+        raise NotImplementedError(f"neuron kind {self.kind!r} declares no spike representation")
+
+    # ------------------------------------------------------------------ running
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind}, threshold={float(self.threshold):.4g}, "
+                f"trainable={self.config.trainable_threshold}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamics is not None:
+            return self.dynamics(self, x)
+        vth = self.vth()
+        v: Tensor | None = None
+        out = []
+        for t in range(x.shape[0]):
+            h = self.charge(v, x[t])
+            s = self.fire(h, vth)
+            v = self.reset(h, s, vth)
+            out.append(s)
+        return torch.stack(out)
+
+    def step(self, x: Tensor) -> Tensor:
+        """One time step from the stored state (rest after ``reset_state``)."""
+        vth = self.vth()
+        h = self.charge(self.v, x)
+        s = self.fire(h, vth)
+        self.v = self.reset(h, s, vth)
+        return s
+
+    def reset_state(self) -> None:
+        self.v = None
+
+    def detach_state(self) -> None:
+        if self.v is not None:
+            self.v = self.v.detach()
+
+
+NEURONS: Registry[SpikingNeuron] = Registry("neuron kind", name_attr="kind")
+
+
+@NEURONS.register("lif")
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire layer with a fixed leak (IF when ``leak == 1``)."""
+
+    has_rate_map = True
 
     @property
     def leak(self) -> float:
@@ -164,48 +275,66 @@ class LIF(Stateful, nn.Module):
         kind = "IF" if c.leak == 1.0 else f"LIF(leak={c.leak})"
         return f"{kind}, threshold={float(self.threshold):.4g}, trainable={c.trainable_threshold}"
 
-    def vth(self) -> Tensor:
-        """The firing threshold, a trainable one first clamped to its floor."""
-        return self._vth()
+    def rate_weights(self, T: int, like: Tensor) -> Tensor:
+        return self.config.leak ** torch.arange(T - 1, -1, -1, dtype=like.dtype, device=like.device)
 
-    def _vth(self) -> Tensor:
-        if self.config.trainable_threshold:
-            # keep the learnt threshold above its floor; through ``.data`` so the projection does
-            # not bump the version of a tensor that earlier steps of the same graph saved (a
-            # step-by-step forward calls this every step; after the first call it changes nothing)
-            self.threshold.data.clamp_(min=self.config.threshold_floor)
-        return self.threshold
+    def rate_map(self, x_bar: Tensor, vth: Tensor) -> Tensor:
+        # |v[T]| bounded => sum_t w_t s[t] / sum_t w_t -> clamp(x_bar / Vth, 0, 1); written with
+        # ``where`` so the derivative is 1/Vth strictly inside (0, Vth) and 0 at the ends (DSR's rule)
+        u = x_bar / vth
+        return torch.where((u > 0) & (u < 1), u, (u >= 1).to(u.dtype))
 
-    def _fire(self, h: Tensor, vth: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.config
-        s = spike(h - vth, c.surrogate, c.surrogate_alpha)
-        reset = vth * (s.detach() if c.detach_reset else s)
-        return s, h - reset
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.dynamics is not None:
-            return self.dynamics(self, x)
-        vth = self._vth()
-        v = torch.zeros_like(x[0])
-        out = []
-        for t in range(x.shape[0]):
-            s, v = self._fire(self.leak * v + x[t], vth)
-            out.append(s)
-        return torch.stack(out)
+@NEURONS.register("if")
+class IF(LIF):
+    """Integrate-and-fire: :class:`LIF` with the leak fixed to 1."""
 
-    def step(self, x: Tensor) -> Tensor:
-        """One time step from the stored state (rest after ``reset_state``)."""
-        vth = self._vth()
-        h = x if self.v is None else self.leak * self.v + x
-        s, self.v = self._fire(h, vth)
-        return s
+    @classmethod
+    def check_config(cls, config: NeuronConfig) -> None:
+        if config.leak != 1.0:
+            raise ValueError(f"neuron kind 'if' has no leak, got leak={config.leak}; use kind 'lif' "
+                             f"or 'plif' for a leaky neuron")
 
-    def reset_state(self) -> None:
-        self.v = None
 
-    def detach_state(self) -> None:
-        if self.v is not None:
-            self.v = self.v.detach()
+@NEURONS.register("plif")
+class PLIF(SpikingNeuron):
+    """Parametric LIF (Fang et al. 2021): one learnable leak per layer, ``lambda = sigmoid(w)``,
+    ``w`` initialised to ``logit(config.leak)``; charge ``h = lambda v + I`` as :class:`LIF` (the
+    project's convention: the input is not scaled by ``1 - lambda``).
+
+    Its leak is learnt, so no fixed spike representation is declared: DSR and IDE, which
+    differentiate that map, reject it; BPTT and the online strategies train it.
+    """
+
+    def __init__(self, config: NeuronConfig | None = None) -> None:
+        super().__init__(config or NeuronConfig(kind="plif", leak=0.5))
+        self.check_config(self.config)
+        self.w = nn.Parameter(torch.logit(torch.tensor(float(self.config.leak))))
+
+    @classmethod
+    def check_config(cls, config: NeuronConfig) -> None:
+        if not 0.0 < config.leak < 1.0:
+            raise ValueError(f"neuron kind 'plif' learns its leak from the initial value leak in "
+                             f"(0, 1), got leak={config.leak} (e.g. 0.5: tau = 2)")
+
+    @property
+    def leak(self) -> Tensor:
+        return torch.sigmoid(self.w)
+
+    def extra_repr(self) -> str:
+        return (f"PLIF(leak={self.leak_value():.4g}), threshold={float(self.threshold):.4g}, "
+                f"trainable={self.config.trainable_threshold}")
+
+
+def build_neuron(config: NeuronConfig | None = None) -> SpikingNeuron:
+    """A spiking layer of the kind ``config.kind`` (LIF for ``None``)."""
+    config = config or NeuronConfig()
+    return NEURONS.get(config.kind)(config)
+
+
+def spiking_layers(module: nn.Module) -> list[SpikingNeuron]:
+    """Every spiking layer of ``module``, in registration order."""
+    return [m for m in module.modules() if isinstance(m, SpikingNeuron)]
 
 
 def reset_states(module: nn.Module) -> None:
@@ -223,9 +352,9 @@ def detach_states(module: nn.Module) -> None:
 
 
 @contextmanager
-def neuron_dynamics(module: nn.Module, dynamics: Callable[[LIF, Tensor], Tensor]) -> Iterator[None]:
+def neuron_dynamics(module: nn.Module, dynamics: Dynamics) -> Iterator[None]:
     """Run every spiking layer of ``module`` with ``dynamics`` inside the block, then restore."""
-    layers = [m for m in module.modules() if isinstance(m, LIF)]
+    layers = spiking_layers(module)
     before = [m.dynamics for m in layers]
     for m in layers:
         m.dynamics = dynamics

@@ -9,10 +9,15 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named collection of classes (or factories) of one pluggable kind."""
+    """A named collection of classes (or factories) of one pluggable kind.
 
-    def __init__(self, kind: str) -> None:
+    With ``name_attr`` the decorator also sets that class attribute to the registered name, so a
+    class states its name once (e.g. a strategy's ``name``).
+    """
+
+    def __init__(self, kind: str, name_attr: str | None = None) -> None:
         self.kind = kind
+        self.name_attr = name_attr
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -20,6 +25,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
+            if self.name_attr is not None:
+                setattr(obj, self.name_attr, name)
             return obj
 
         return add

@@ -85,7 +85,9 @@ def test_bptt_gradient_equals_unrolled(surrogate, leak, detach_reset, T):
 def test_per_step_loss_is_mean_of_step_losses():
     from lightning_snn.module import SNNModule
 
-    m = SNNModule("mlp", num_classes=3, input_shape=(4,), per_step_loss=True, T=3)
+    from lightning_snn.loss import LossConfig
+
+    m = SNNModule("mlp", num_classes=3, input_shape=(4,), loss=LossConfig(per_step=True), T=3)
     out, y = torch.randn(3, 5, 3), torch.tensor([0, 1, 2, 0, 1])
     expected = sum(F.cross_entropy(out[t], y) for t in range(3)) / 3
     torch.testing.assert_close(m.loss(out, y), expected)

@@ -169,8 +169,7 @@ def test_running_bn_statistics_change_once_per_training_step():
     bns = [m.net.input[1], *m.net.hidden_bns]
     x, y = torch.rand(6, 3, 8, 8) * 3, torch.randint(0, 3, (6,))
     for step in (1, 2):
-        loss, _ = m.strategy.training_step(m, x, y)
-        loss.backward()
+        m.strategy.train_step(m.net, x, y, m.loss)
         assert [int(bn.num_batches_tracked) for bn in bns] == [step] * len(bns)
     # the update is the batch statistics of the currents at the equilibrium rates
     bn = m.net.hidden_bns[-1]
@@ -179,7 +178,7 @@ def test_running_bn_statistics_change_once_per_training_step():
     with torch.no_grad():
         a_star = m.net.simulate(ctx, bn="running")
         a = m.net.equilibrium_map(a_star, ctx, bn="batch")  # replay to get layer 4's rate
-    m.strategy.training_step(m, x, y)[0].backward()
+    m.strategy.train_step(m.net, x, y, m.loss)
     assert int(bn.num_batches_tracked) == 3 and not torch.equal(bn.running_mean, before)
     with torch.no_grad():  # evaluation uses and keeps the running statistics
         m.eval()

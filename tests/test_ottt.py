@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear, ScaledWSConv2d
+from lightning_snn.loss import LossConfig, SpikingLoss
 from lightning_snn.models import MODELS, SpikingNet
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import LIF, NeuronConfig
@@ -78,7 +79,7 @@ def test_ottt_weight_gradient_is_postsynaptic_error_times_trace(T):
         out.register_hook(lambda g: record[id(mod)]["d"].append(g.clone()))
 
     handles = [m.register_forward_hook(hook) for m in linears]
-    STRATEGIES.build("ottt_a", T=T, loss_lambda=0.3).run(net, x, y)
+    STRATEGIES.build("ottt_a", T=T).train_step(net, x, y, SpikingLoss(per_step=True, mse_weight=0.3))
     for h in handles:
         h.remove()
     nonzero = 0
@@ -118,16 +119,17 @@ def test_ottt_equals_bptt_for_one_layer_with_detached_reset(leak, surrogate):
     torch.manual_seed(2)
     cfg = NeuronConfig(threshold=0.8, leak=leak, surrogate=surrogate, surrogate_alpha=1.0, detach_reset=True)
     net = OneLayer(cfg).double()
-    ottt = STRATEGIES.build("ottt_a", T=5, loss_lambda=0.2, trace_input=True)
+    ottt = STRATEGIES.build("ottt_a", T=5, trace_input=True)
+    loss = SpikingLoss(per_step=True, mse_weight=0.2)
     x = torch.randn(3, 5, 6, dtype=torch.float64)  # [B, T, C]: a time-varying input
     x = x.unsqueeze(-1).unsqueeze(-1)[..., 0, 0]
     y = torch.tensor([0, 3, 1])
     xs = x.transpose(0, 1)  # [T, B, C]
     ref = copy.deepcopy(net)
     out = ref(xs)  # BPTT: one unrolled graph
-    sum(ottt.step_loss(out[t], y) / 5 for t in range(5)).backward()
+    loss(out, y).backward()  # the mean of the per-step losses
     ottt.encode = lambda inp: xs  # feed the same time-varying sequence
-    ottt.run(net, x, y)
+    ottt.train_step(net, x, y, loss)
     assert ref.fc[0].weight.grad.abs().sum() > 0
     torch.testing.assert_close(net.fc[0].weight.grad, ref.fc[0].weight.grad, **TOL)
     # with the reset *not* detached the two differ (the theorem's condition matters)
@@ -135,7 +137,7 @@ def test_ottt_equals_bptt_for_one_layer_with_detached_reset(leak, surrogate):
     ref2 = OneLayer(cfg2).double()
     ref2.load_state_dict(ref.state_dict())
     out2 = ref2(xs)
-    sum(ottt.step_loss(out2[t], y) / 5 for t in range(5)).backward()
+    loss(out2, y).backward()
     assert not torch.allclose(ref2.fc[0].weight.grad, ref.fc[0].weight.grad)
 
 
@@ -143,7 +145,7 @@ def fit_one_batch(strategy, T, net_kwargs, x, y, lr):
     module = SNNModule(
         "mlp", num_classes=3, input_shape=(6,), network_args=net_kwargs,
         neuron=NeuronConfig(threshold=0.5, leak=0.6, surrogate_alpha=2.0), strategy=strategy,
-        strategy_args={"loss_lambda": 0.3}, T=T, optimizer="sgd", lr=lr, momentum=0.0,
+        loss=LossConfig(mse_weight=0.3), T=T, optimizer="sgd", lr=lr, momentum=0.0,
         weight_decay=0.0, scheduler="constant",
     ).double()
     start = copy.deepcopy(module.net)
@@ -165,7 +167,8 @@ def test_ottt_a_one_optimiser_step_of_the_sum_of_per_step_gradients():
     for k in range(T):  # gradient of L_k alone, from a fresh copy
         net = copy.deepcopy(start)
         steps = iter(range(T))
-        strat.run(net, x, y, backward=lambda loss, last: loss.backward() if next(steps) == k else None)
+        strat.train_step(net, x, y, module.loss,
+                         backward=lambda loss, last: loss.backward() if next(steps) == k else None)
         for n, p in net.named_parameters():
             if p.grad is not None:
                 total[n] += p.grad
@@ -187,7 +190,7 @@ def test_ottt_o_steps_the_optimiser_every_time_step():
         loss.backward()
         opt.step()
 
-    module.strategy.run(net, x, y, backward)
+    module.strategy.train_step(net, x, y, module.loss, backward)
     for (n, p), q in zip(module.net.named_parameters(), net.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), **TOL)
     # and it is not the accumulated single step

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from lightning_snn.neurons import LIF
+from lightning_snn.neurons import SpikingNeuron, spiking_layers
 from lightning_snn.registry import Registry
 
 
@@ -24,8 +24,8 @@ class SpikingNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def spiking_layers(self) -> list[LIF]:
-        return [m for m in self.modules() if isinstance(m, LIF)]
+    def spiking_layers(self) -> list[SpikingNeuron]:
+        return spiking_layers(self)
 
 
 MODELS: Registry[SpikingNet] = Registry("model")

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from lightning_snn.layers import Scale, ScaledWSConv2d, TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.feedforward import readout
-from lightning_snn.neurons import LIF, NeuronConfig, Stateful, neuron_dynamics, reset_states
+from lightning_snn.neurons import (
+    NeuronConfig, SpikingNeuron, Stateful, build_neuron, neuron_dynamics, reset_states,
+)
 
 OTTT_SPIKE_SCALE = 2.74  # scaled-WS / NF-ResNet scale after each spiking layer (OTTT Sec. 4.4)
 VGG11_WS = (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
@@ -39,7 +41,7 @@ def _vgg_ws_stages(c: int, cfg: Sequence[int | str], neuron: NeuronConfig | None
         if v == "M":
             layers.append(TimeDistributed(nn.AvgPool2d(2)))
         else:
-            layers += [TimeDistributed(ScaledWSConv2d(c, int(v), 3, padding=1)), LIF(neuron),
+            layers += [TimeDistributed(ScaledWSConv2d(c, int(v), 3, padding=1)), build_neuron(neuron),
                        TimeDistributed(Scale(spike_scale))]
             c = int(v)
     return layers, c
@@ -88,7 +90,7 @@ class Delay(Stateful, nn.Module):
             self.value = self.value.detach()
 
 
-def _carry_step(layer: LIF, x: Tensor) -> Tensor:
+def _carry_step(layer: SpikingNeuron, x: Tensor) -> Tensor:
     """Neuron dynamics of a model that runs step by step itself: continue from the stored state,
     with the graph through time (no detach)."""
     return torch.stack([layer.step(x[t]) for t in range(x.shape[0])])
@@ -187,10 +189,10 @@ class PreActBlock(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         self.bn1 = TimeDistributed(nn.BatchNorm2d(c_in))
-        self.lif1 = LIF(neuron)
+        self.lif1 = build_neuron(neuron)
         self.conv1 = TimeDistributed(TraceConv2d(c_in, c_out, 3, stride, 1))
         self.bn2 = TimeDistributed(nn.BatchNorm2d(c_out))
-        self.lif2 = LIF(neuron)
+        self.lif2 = build_neuron(neuron)
         self.conv2 = TimeDistributed(nn.Dropout(dropout), TraceConv2d(c_out, c_out, 3, 1, 1))
         self.shortcut = (TimeDistributed(TraceConv2d(c_in, c_out, 1, stride))
                          if stride != 1 or c_in != c_out else None)
@@ -231,7 +233,7 @@ class PreActResNet(SpikingNet):
         elif stem == "imagenet":
             self.stem = nn.Sequential(
                 TimeDistributed(nn.Conv2d(input_shape[0], c, 7, 2, 3, bias=False), nn.BatchNorm2d(c)),
-                LIF(neuron),
+                build_neuron(neuron),
                 TimeDistributed(nn.AvgPool2d(3, 2, 1)),
             )
         else:
@@ -243,7 +245,7 @@ class PreActResNet(SpikingNet):
                 c = w
         self.blocks = nn.Sequential(*stages)
         self.head = nn.Sequential(
-            TimeDistributed(nn.BatchNorm2d(c)), LIF(neuron),
+            TimeDistributed(nn.BatchNorm2d(c)), build_neuron(neuron),
             TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
             *readout(c, num_classes, neuron, head),
         )
@@ -283,10 +285,10 @@ class NFBlock(nn.Module):
                  neuron: NeuronConfig | None, spike_scale: float) -> None:
         super().__init__()
         self.beta, self.alpha = beta, alpha
-        self.lif1 = LIF(neuron)
+        self.lif1 = build_neuron(neuron)
         self.scale = Scale(spike_scale)
         self.conv1 = TimeDistributed(ScaledWSConv2d(c_in, c_out, 3, stride, 1))
-        self.lif2 = LIF(neuron)
+        self.lif2 = build_neuron(neuron)
         self.conv2 = TimeDistributed(ScaledWSConv2d(c_out, c_out, 3, 1, 1))
         self.shortcut = (TimeDistributed(ScaledWSConv2d(c_in, c_out, 1, stride))
                          if stride != 1 or c_in != c_out else None)
@@ -337,7 +339,7 @@ class NFResNet34(SpikingNet):
         nn.init.zeros_(fc.weight)
         nn.init.zeros_(fc.bias)
         self.head = nn.Sequential(
-            LIF(neuron), TimeDistributed(Scale(spike_scale), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+            build_neuron(neuron), TimeDistributed(Scale(spike_scale), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ A feedback SNN is a chain of ``L`` spiking layers whose last layer feeds back in
     I_1[t] = BN(F x[t]) + W_fb s_L[t-1]        I_{l+1}[t] = BN_l(W_l s_l[t])
 
 With a contractive feedback weight its (weighted) firing rate converges to the fixed point of the
-equivalent map (DESIGN.md section 3)::
+equivalent map (the spike representation of the neuron kind, ``SpikingNeuron.rate_map``)::
 
     a_1 = clamp((W_fb a_L + BN(F x)) / Vth_1, 0, 1),   a_{l+1} = clamp(BN_l(W_l a_l) / Vth_{l+1}, 0, 1)
 
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed
 from lightning_snn.models.base import MODELS, SpikingNet
-from lightning_snn.neurons import LIF, NeuronConfig, weighted_rate
+from lightning_snn.neurons import NeuronConfig, build_neuron, weighted_rate
 
 BNMode = Literal["running", "batch", "update"]
 
@@ -142,7 +142,7 @@ class FeedbackSNN(SpikingNet):
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
         self.feedback = RestrictedWeight(feedback_op, norm_range)
-        self.neurons = nn.ModuleList([LIF(neuron) for _ in range(len(hidden) + 1)])
+        self.neurons = nn.ModuleList([build_neuron(neuron) for _ in range(len(hidden) + 1)])
         self.classifier = classifier
         self.dropout = dropout
 
@@ -163,7 +163,7 @@ class FeedbackSNN(SpikingNet):
             # mask[0] acts on a_L (feedback input), mask[l] on a_l (input of hidden op l)
             shapes = [shapes[-1]] + shapes[:-1]
             masks = [torch.bernoulli(probe.new_full(s, keep)) / keep for s in shapes]
-        return FeedbackContext(current, weight, masks, self.neurons[0].leak)
+        return FeedbackContext(current, weight, masks, self.neurons[0].leak_value())
 
     def _drop(self, a: Tensor, mask: Tensor | None) -> Tensor:
         return a if mask is None else a * mask
@@ -187,7 +187,7 @@ class FeedbackSNN(SpikingNet):
             last_spikes.append(s)
         for n in self.neurons:
             n.reset_state()
-        return weighted_rate(torch.stack(last_spikes), self.neurons[-1].leak)
+        return weighted_rate(torch.stack(last_spikes), self.neurons[-1].leak_value())
 
     def equilibrium_map(
         self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
@@ -196,13 +196,13 @@ class FeedbackSNN(SpikingNet):
         def p(t: Tensor) -> Tensor:
             return t.detach() if detach else t
 
-        vth = [p(n.threshold) for n in self.neurons]
+        n0 = self.neurons[0]
         fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
-        a = torch.clamp((fb + p(ctx.mean_current)) / vth[0], 0.0, 1.0)
+        a = n0.rate_map(fb + p(ctx.mean_current), p(n0.vth()))
         for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
             w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
             cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
-            a = torch.clamp(_batch_norm(cur, bnm, bn, detach) / vth[l], 0.0, 1.0)
+            a = self.neurons[l].rate_map(_batch_norm(cur, bnm, bn, detach), p(self.neurons[l].vth()))
         return a
 
     def readout(self, a: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
-from lightning_snn.neurons import LIF, NeuronConfig
+from lightning_snn.neurons import NeuronConfig, build_neuron
 
 
 class _Sequential(SpikingNet):
@@ -33,7 +33,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 @MODELS.register("mlp")
 class SpikingMLP(_Sequential):
-    """Flatten -> [Linear -> BN -> LIF] x len(hidden) -> Linear read-out."""
+    """Flatten -> [Linear -> BN -> spiking layer] x len(hidden) -> Linear read-out."""
 
     def __init__(
         self,
@@ -49,7 +49,7 @@ class SpikingMLP(_Sequential):
             ops: list[nn.Module] = [nn.Flatten()] if i == 0 else []
             ops += [TraceLinear(width, h, bias=not batch_norm)]
             ops += [nn.BatchNorm1d(h)] if batch_norm else []
-            layers += [TimeDistributed(*ops), LIF(neuron)]
+            layers += [TimeDistributed(*ops), build_neuron(neuron)]
             width = h
         head: list[nn.Module] = [nn.Flatten()] if not hidden else []
         layers.append(TimeDistributed(*head, TraceLinear(width, num_classes)))
@@ -63,7 +63,7 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 def _conv_stack(
     in_channels: int, cfg: Sequence[int | str], neuron: NeuronConfig | None, dropout: float = 0.0
 ) -> tuple[list[nn.Module], int, int]:
-    """conv3x3-BN-LIF blocks; ``"M"`` is a 2x2 average pool (spikes -> rates, no max of spikes)."""
+    """conv3x3-BN-spike blocks; ``"M"`` is a 2x2 average pool (spikes -> rates, no max of spikes)."""
     layers: list[nn.Module] = []
     c, pools = in_channels, 0
     for v in cfg:
@@ -71,7 +71,7 @@ def _conv_stack(
             layers.append(TimeDistributed(nn.AvgPool2d(2)))
             pools += 1
         else:
-            layers += [TimeDistributed(*_conv_bn(c, int(v))), LIF(neuron)]
+            layers += [TimeDistributed(*_conv_bn(c, int(v))), build_neuron(neuron)]
             layers += [TimeDistributed(nn.Dropout(dropout))] if dropout > 0 else []
             c = int(v)
     return layers, c, pools
@@ -94,7 +94,7 @@ class SpikingConvNet(_Sequential):
         flat = c * (h >> pools) * (w >> pools)
         layers += [
             TimeDistributed(nn.Flatten(), TraceLinear(flat, hidden, bias=False), nn.BatchNorm1d(hidden)),
-            LIF(neuron),
+            build_neuron(neuron),
             TimeDistributed(TraceLinear(hidden, num_classes)),
         ]
         super().__init__(layers)
@@ -147,5 +147,5 @@ def readout(width: int, num_classes: int, neuron: NeuronConfig | None, head: str
     if head == "linear":
         return [TimeDistributed(TraceLinear(width, num_classes))]
     if head == "spiking":
-        return [TimeDistributed(TraceLinear(width, num_classes), nn.BatchNorm1d(num_classes)), LIF(neuron)]
+        return [TimeDistributed(TraceLinear(width, num_classes), nn.BatchNorm1d(num_classes)), build_neuron(neuron)]
     raise ValueError(f"head must be 'linear' or 'spiking', got {head!r}")

@@ -1,6 +1,7 @@
 """Gradient strategies, registered by name in ``STRATEGIES``."""
 
-from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
+from lightning_snn.strategies.base import STRATEGIES, Backward, GradientStrategy, plain_backward
+from lightning_snn.strategies.online import OnlineStrategy
 from lightning_snn.strategies import bptt, dsr, ide, ottt  # noqa: F401  (registers the strategies)
 
-__all__ = ["STRATEGIES", "GradientStrategy"]
+__all__ = ["STRATEGIES", "Backward", "GradientStrategy", "OnlineStrategy", "plain_backward"]

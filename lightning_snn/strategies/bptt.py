@@ -3,6 +3,7 @@
 Exact gradient of the unrolled network with the Heaviside derivative replaced by a surrogate
 (``NeuronConfig.surrogate``); memory grows linearly with T. A ``recurrent`` model (VGG-F) keeps its
 feedback state in the graph, so the gradient also flows back through the feedback across steps.
+Every neuron kind: the graph runs through the kind's own charge / fire / reset hooks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
 @STRATEGIES.register("bptt")
 class BPTT(GradientStrategy):
-    name = "bptt"
     supported_kinds = frozenset({"feedforward", "feedback", "recurrent"})
 
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:

@@ -16,7 +16,10 @@ with the layer's output at every step standing for r, so dL/dr = sum_t dL/do[t] 
     dL/dVth  = dL/dr * dr/dVth                      ("threshold": where x_bar > Vth;
                                                      "unit": -x_bar / Vth^2 where 0 < x_bar < Vth)
 
-For IF this is the official rule; for LIF it is the exact derivative in this project's neuron
+The forward composes the neuron kind's charge and reset hooks (fire at ``alpha * Vth``), the
+backward is the vector-Jacobian product of the kind's declared spike representation
+(``SpikingNeuron.rate_weights`` / ``rate_map``), whose derivative is the closed form above; kinds
+without one (PLIF, learnable leak) are rejected. For IF this is the official rule; for LIF it is the exact derivative in this project's neuron
 convention (no input decay, no 1/dt output scale). Trainable thresholds (``NeuronConfig``) are kept
 above ``threshold_floor``. There are no collective operations in the backward: under DDP the
 threshold gradient is averaged with every other gradient by DDP itself.
@@ -31,59 +34,52 @@ import torch
 from torch import Tensor
 
 from lightning_snn.models.base import SpikingNet
-from lightning_snn.neurons import LIF, neuron_dynamics
+from lightning_snn.neurons import SpikingNeuron, neuron_dynamics
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
 SPIKE_VALUES = ("unit", "threshold")
 
 
-def time_weights(T: int, leak: float, like: Tensor) -> Tensor:
-    """w_t = lambda^(T-t), t = 1..T (all ones for IF)."""
-    return leak ** torch.arange(T - 1, -1, -1, dtype=like.dtype, device=like.device)
-
-
 class DSRSpike(torch.autograd.Function):
-    """Spiking layer forward over ``[T, B, ...]``; closed-form spike-representation backward."""
+    """Spiking layer forward over ``[T, B, ...]``; spike-representation backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, vth: Tensor, leak: float, alpha: float, unit: bool,  # type: ignore[override]
+    def forward(ctx, x: Tensor, vth: Tensor, layer: SpikingNeuron, alpha: float, unit: bool,  # type: ignore[override]
                 threshold_grad_scale: float) -> Tensor:
         th = vth.detach().to(x.dtype)
-        v = torch.zeros_like(x[0])
+        v: Tensor | None = None
         out = x.new_empty(x.shape)
         for t in range(x.shape[0]):
-            h = leak * v + x[t]  # charge
-            s = (h >= alpha * th).to(x.dtype)  # fire at alpha * Vth
-            v = h - th * s  # reset by subtracting Vth
+            h = layer.charge(v, x[t])
+            s = layer.fire(h, alpha * th)  # fire at alpha * Vth
+            v = layer.reset(h, s, th)  # subtract Vth
             out[t] = s
-        w = time_weights(x.shape[0], leak, x)
+        w = layer.rate_weights(x.shape[0], x)
         x_bar = torch.einsum("t,t...->...", w, x) / w.sum()
         ctx.save_for_backward(x_bar, th, w)
-        ctx.unit, ctx.scale, ctx.vth_dtype = unit, threshold_grad_scale, vth.dtype
+        ctx.layer, ctx.unit, ctx.scale, ctx.vth_dtype = layer, unit, threshold_grad_scale, vth.dtype
         return out if unit else out * th
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x_bar, th, w = ctx.saved_tensors
         g_r = g.sum(0)  # dL/dr: the representation stands for the output of every step
-        inside = ((x_bar > 0) & (x_bar < th)).to(g.dtype)
-        if ctx.unit:  # r = clamp(x_bar / Vth, 0, 1)
-            g_xbar = g_r * inside / th
-            g_vth = -(g_r * inside * x_bar).sum() / th**2
-        else:  # r = clamp(x_bar, 0, Vth)
-            g_xbar = g_r * inside
-            g_vth = (g_r * (x_bar >= th).to(g.dtype)).sum()
+        with torch.enable_grad():  # the vector-Jacobian product of the neuron's declared map
+            xb, thg = x_bar.detach().requires_grad_(), th.detach().requires_grad_()
+            r = ctx.layer.rate_map(xb, thg)  # clamp(x_bar / Vth, 0, 1)
+            if not ctx.unit:
+                r = r * thg  # clamp(x_bar, 0, Vth): spikes of value Vth
+            g_xbar, g_vth = torch.autograd.grad(r, (xb, thg), g_r)
         shape = (-1,) + (1,) * g_xbar.dim()
         g_x = g_xbar.unsqueeze(0) * (w / w.sum()).reshape(shape)  # d x_bar / d x[t] = w_t / sum w
         g_vth = None if not ctx.needs_input_grad[1] else (g_vth * ctx.scale).to(ctx.vth_dtype)
         return g_x, g_vth, None, None, None, None
 
 
-def dsr_dynamics(layer: LIF, x: Tensor, alpha: float = 0.5, spike_value: str = "unit",
+def dsr_dynamics(layer: SpikingNeuron, x: Tensor, alpha: float = 0.5, spike_value: str = "unit",
                  threshold_grad_scale: float = 1.0) -> Tensor:
-    """Neuron dynamics for DSR: the real spikes forward, the clamp-map derivative backward."""
-    return DSRSpike.apply(x, layer.vth(), layer.leak, alpha, spike_value == "unit",
-                          threshold_grad_scale)
+    """Neuron dynamics for DSR: the real spikes forward, the rate-map derivative backward."""
+    return DSRSpike.apply(x, layer.vth(), layer, alpha, spike_value == "unit", threshold_grad_scale)
 
 
 @STRATEGIES.register("dsr")
@@ -102,10 +98,11 @@ class DSR(GradientStrategy):
     Feed-forward models only: each neuron layer is differentiated as a map of its whole input
     sequence, so a ``recurrent`` model (VGG-F: the first layer at step t depends on the last layer
     at step t-1) is rejected by ``check_model``; train it with ``bptt``, ``ottt_a`` or ``ottt_o``.
+    Neuron kinds with a declared spike representation only (``if``, ``lif``).
     """
 
-    name = "dsr"
     supported_kinds = frozenset({"feedforward"})
+    supported_neurons = frozenset({"if", "lif"})  # kinds that declare a spike representation
 
     def __init__(self, T: int, alpha: float = 0.5,
                  spike_value: Literal["unit", "threshold"] = "unit",

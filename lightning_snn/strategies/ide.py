@@ -3,7 +3,9 @@
 Forward: simulate the SNN for T steps without a graph and take its weighted firing rate ``a*``.
 Backward: with ``J = df/da`` at ``a*``, solve the adjoint ``g = J^T g + dL/da`` and back-propagate
 ``g`` through one evaluation of the equivalent map ``f(a*, x)``, so ``dL/dtheta = g^T df/dtheta``.
-Memory does not depend on T: only the graph of ``f`` (and of the input current) is kept.
+Memory does not depend on T: only the graph of ``f`` (and of the input current) is kept. ``f`` is
+built from the neuron kind's declared spike representation (``SpikingNeuron.rate_map``), so kinds
+without one (PLIF) are rejected.
 
 Batch norm: the simulation uses the running statistics; the one differentiable evaluation of
 ``f`` uses the batch statistics of the rates and updates the running ones, exactly once per
@@ -31,8 +33,8 @@ class IDE(GradientStrategy):
         tol: target relative residual ``|J^T g + v - g| / |v|``.
     """
 
-    name = "ide"
     supported_kinds = frozenset({"feedback"})
+    supported_neurons = frozenset({"if", "lif"})  # kinds that declare a spike representation
 
     def __init__(self, T: int, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-5) -> None:
         super().__init__(T)

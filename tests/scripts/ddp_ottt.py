@@ -12,6 +12,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader
 
+from lightning_snn.loss import LossConfig
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import NeuronConfig
 
@@ -54,7 +55,7 @@ def main(devices: int, out: Path) -> None:
     module = SNNModule(
         "mlp", num_classes=3, input_shape=(6,), network_args={"hidden": (8, 5), "batch_norm": False},
         neuron=NeuronConfig(threshold=0.5, leak=0.6, surrogate_alpha=2.0), strategy="ottt_a",
-        strategy_args={"loss_lambda": 0.3}, T=3, optimizer="sgd", lr=0.5, momentum=0.0,
+        loss=LossConfig(mse_weight=0.3), T=3, optimizer="sgd", lr=0.5, momentum=0.0,
         weight_decay=0.0, scheduler="constant",
     ).double()
     strategy = DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto"

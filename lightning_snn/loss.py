@@ -1,0 +1,91 @@
+"""The training loss of a spiking network: one definition for training and evaluation, for
+whole-sequence and online strategies alike.
+
+With per-step outputs ``o[t]`` (``[T, B, classes]``), labels ``y`` and the term
+
+    l(o, y) = (1 - mse_weight) CE(o, y) + mse_weight MSE(o, onehot(y))
+
+(``mse_weight`` is OTTT's ``loss_lambda``; 0 is plain cross-entropy) the loss is
+
+    L = l(mean_t o[t], y)                  time-mean (``per_step = False``)
+    L = sum_t l(o[t], y) / T               mean of per-step losses (``per_step = True``)
+
+An online strategy back-propagates ``L[t] = l(o[t], y) / T`` at each step (:meth:`SpikingLoss.step`),
+whose sum is the per-step form: it can only train on that one, and says so
+(``GradientStrategy.per_step_loss``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_snn.strategies.base import GradientStrategy
+
+
+@dataclass
+class LossConfig:
+    """Args:
+        per_step: mean of the per-step losses (``true``) or the loss of the time-averaged output
+            (``false``); ``null`` takes what the strategy trains on (the time-mean for
+            whole-sequence strategies, per-step for online ones).
+        mse_weight: weight lambda of the MSE-to-one-hot term, in [0, 1] (OTTT's ``loss_lambda``).
+    """
+
+    per_step: bool | None = None
+    mse_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mse_weight <= 1.0:
+            raise ValueError(f"loss mse_weight must be in [0, 1], got {self.mse_weight}")
+
+
+class SpikingLoss:
+    """The loss ``L`` of the module docstring, resolved for one strategy."""
+
+    def __init__(self, per_step: bool = False, mse_weight: float = 0.0) -> None:
+        LossConfig(per_step, mse_weight)  # validates
+        self.per_step, self.mse_weight = per_step, mse_weight
+
+    @classmethod
+    def for_strategy(cls, strategy: "GradientStrategy", config: LossConfig | None = None) -> "SpikingLoss":
+        """The loss ``config`` asks for, with ``per_step`` defaulting to what ``strategy`` trains
+        on; a clear error when the strategy cannot honour it."""
+        config = config or LossConfig()
+        needs = strategy.per_step_loss
+        if config.per_step is not None and needs is not None and config.per_step != needs:
+            raise ValueError(
+                f"strategy {strategy.name!r} trains on the "
+                f"{'mean of per-step losses' if needs else 'loss of the time-averaged output'} and "
+                f"cannot honour loss.per_step={config.per_step}; leave it unset (null) or set {needs}"
+            )
+        per_step = config.per_step if config.per_step is not None else bool(needs)
+        return cls(per_step, config.mse_weight)
+
+    def term(self, out: Tensor, y: Tensor) -> Tensor:
+        """l(o, y) = (1 - lambda) CE(o, y) + lambda MSE(o, onehot(y)) for scores ``[B, classes]``."""
+        loss = F.cross_entropy(out, y)
+        if self.mse_weight > 0:
+            onehot = F.one_hot(y, out.shape[-1]).to(out.dtype)
+            loss = (1.0 - self.mse_weight) * loss + self.mse_weight * F.mse_loss(out, onehot)
+        return loss
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        """``L`` of per-step outputs ``[T, B, classes]``."""
+        if self.per_step:
+            return sum(self.term(o, y) for o in out) / out.shape[0]  # type: ignore[return-value]
+        return self.term(out.mean(0), y)
+
+    def step(self, out: Tensor, y: Tensor, T: int) -> Tensor:
+        """``L[t] = l(o[t], y) / T``: an online strategy's loss at one step (their sum is ``L``)."""
+        if not self.per_step:
+            raise ValueError("the time-mean loss is not a sum of per-step losses; an online "
+                             "strategy needs per_step=True")
+        return self.term(out, y) / T
+
+    def __repr__(self) -> str:
+        return f"SpikingLoss(per_step={self.per_step}, mse_weight={self.mse_weight})"
