@@ -285,16 +285,24 @@ def multilayer_f(
 @MODELS.register("alexnet_f")
 def alexnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
-    dropout: float = 0.0, norm_range: float = 1.0,
+    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0,
 ) -> FeedbackSNN:
-    """AlexNet-F: channels 96 -> 256 -> 384 (s2) -> 384 -> 256 with feedback 256 -> 96."""
-    return multilayer_f(input_shape, num_classes, neuron, (96, 256, 384, 384, 256), dropout, norm_range)
+    """AlexNet-F: channels 96 -> 256 -> 384 (s2) -> 384 -> 256 with feedback 256 -> 96 (times
+    ``width``)."""
+    return multilayer_f(input_shape, num_classes, neuron, _widths((96, 256, 384, 384, 256), width),
+                        dropout, norm_range)
 
 
 @MODELS.register("cifarnet_f")
 def cifarnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
-    dropout: float = 0.0, norm_range: float = 1.0,
+    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0,
 ) -> FeedbackSNN:
-    """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128."""
-    return multilayer_f(input_shape, num_classes, neuron, (128, 256, 512, 1024, 512), dropout, norm_range)
+    """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128 (times
+    ``width``)."""
+    return multilayer_f(input_shape, num_classes, neuron, _widths((128, 256, 512, 1024, 512), width),
+                        dropout, norm_range)
+
+
+def _widths(channels: Sequence[int], width: float) -> tuple[int, ...]:
+    return tuple(max(1, int(c * width)) for c in channels)
