@@ -7,14 +7,18 @@ import torch
 
 from lightning_snn.cli import main
 from lightning_snn.models.base import SpikingNet
+from lightning_snn.module import SNNModule
 from lightning_snn.strategies.base import GradientStrategy
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # every experiment config (files that configure a model; strategy configs etc. live beside them),
 # except configs/reference/: data sets with no offline copy (their models are tested on tensors);
 # event-data configs run on the synthetic recordings of conftest
+# an overlay (configs/ide/*.yaml) names its base with ``config:`` and sets dotted keys; the bases
+# (configs/ide/base/) run through their overlays
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
-                 if "\nmodel:" in "\n" + p.read_text() and "reference" not in p.parts)
+                 if any(k in "\n" + p.read_text() for k in ("\nmodel:", "\nmodel.", "\nconfig:"))
+                 and "reference" not in p.parts and "base" not in p.parts)
 IDS = [str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIGS]
 DEMO = CONFIG_DIR / "fmnist_mlp_bptt.yaml"
 
@@ -36,12 +40,14 @@ def test_fast_dev_run_every_config(config, tmp_path, all_data_root):
     """Each config as written, on the offline data, with T=2, batches of 4 and at most 3 adjoint
     solver iterations to keep CI short."""
     extra = ["--data.verify_md5=false"] if "cifar" in config.stem else []
-    if "strategy: ide" in config.read_text():
+    if "ide" in config.parts or "strategy: ide" in config.read_text():
         extra.append("--model.strategy_args.max_iter=3")
     cli = main(cli_args(config, tmp_path, all_data_root, "--trainer.fast_dev_run=2", "--model.T=2", *extra))
     metrics = cli.trainer.callback_metrics  # test_after_fit ran the test loop after the fit
     assert cli.trainer.global_step == 2
-    assert torch.isfinite(metrics["test/loss"]) and 0.0 <= float(metrics["test/acc"]) <= 1.0
+    assert torch.isfinite(metrics["test/loss"])
+    # the test loop saw fast_dev_run=2 batches of 4: the accuracy is a count out of 8
+    assert float(metrics["test/acc"]) * 8 == pytest.approx(round(float(metrics["test/acc"]) * 8), abs=1e-5)
 
 
 def test_fit_writes_checkpoint_then_test_and_predict(tmp_path, data_root):
@@ -55,14 +61,22 @@ def test_fit_writes_checkpoint_then_test_and_predict(tmp_path, data_root):
     assert best.is_file() and last.is_file()
     base = [a for a in args[1:] if not a.startswith(("--trainer.max_epochs", "--test_after_fit"))]
     test = main(["test", *base, f"--ckpt_path={best}"])
-    assert 0.0 <= float(test.trainer.callback_metrics["test/acc"]) <= 1.0
     pred = main(["predict", *base, f"--ckpt_path={last}", "--trainer.limit_predict_batches=2"])
-    assert pred is not None
+    # recompute both from the checkpoints on the first two test batches, outside Lightning
+    batches = [b for _, b in zip(range(2), test.datamodule.test_dataloader())]
+    expected = {}
+    for name, ckpt in (("best", best), ("last", last)):
+        module = SNNModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+        with torch.no_grad():
+            expected[name] = torch.cat([module(x).argmax(-1) for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    acc = float(test.trainer.callback_metrics["test/acc"])
+    assert acc == pytest.approx(float((expected["best"] == y).float().mean()), abs=1e-6)
+    predictions = torch.cat(pred.trainer.predict_loop.predictions)
+    assert predictions.shape == (8,) and torch.equal(predictions, expected["last"])
 
 
 def test_state_reset_between_batches(data_root):
-    from lightning_snn.module import SNNModule
-
     torch.manual_seed(0)
     m = SNNModule("convnet", num_classes=10, input_shape=(1, 28, 28), T=5)  # train-mode BN
     x, other = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28) + 1.0
