@@ -145,18 +145,6 @@ class ScaledWSConv2d(TraceConv2d):
         return _standardise(self.weight, self.gain, self.eps)
 
 
-class ScaledWSLinear(TraceLinear):
-    """Linear layer with scaled weight standardisation (see :class:`ScaledWSConv2d`)."""
-
-    def __init__(self, *args, gain: bool = True, eps: float = 1e-4, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.gain = nn.Parameter(torch.ones(self.out_features, 1)) if gain else None
-        self.eps = eps
-
-    def effective_weight(self) -> Tensor:
-        return _standardise(self.weight, self.gain, self.eps)
-
-
 def _standardise(w: Tensor, gain: Tensor | None, eps: float) -> Tensor:
     # W_hat = gain * (W - mean) / sqrt(var * fan_in + eps), statistics per output unit
     fan_in = w[0].numel()
@@ -180,7 +168,3 @@ class Scale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale if self.scale != 1.0 else x
 
-
-def trace_synapses(module: nn.Module) -> list[TraceSynapse]:
-    """Every trace-aware synaptic layer of ``module``, in registration order."""
-    return [m for m in module.modules() if isinstance(m, TraceSynapse)]

@@ -13,7 +13,7 @@
 #   SLURM_LOCAL_AUTH      munge | none                      (default munge; auth/none exists in 22.05 only)
 #   SLURM_LOCAL_FRESH=1   wipe the controller state (job ids restart at 1) before starting
 #   SLURM_LOCAL_ACCOUNTING=1  also install/start MariaDB + slurmdbd so that `sacct` works
-#                         (needed by submitit to see the state of jobs that never wrote a result)
+#                         (sacct sees the state of jobs that never wrote a result)
 set -euo pipefail
 
 BASE="${SLURM_LOCAL_BASE:-${TMPDIR:-/tmp}/lightning-snn-slurm}"
