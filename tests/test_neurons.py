@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from lightning_snn.neurons import LIF, SURROGATES, NeuronConfig, reset_states, spike, weighted_rate
+from lightning_snn.neurons import (
+    LIF, SURROGATES, NeuronConfig, build_neuron, reset_states, spike, weighted_rate,
+)
 
 
 def reference_trace(inputs, vth, leak):
@@ -126,3 +128,70 @@ def test_trainable_threshold_kept_above_floor():
 def test_bad_neuron_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NeuronConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- neuron kinds
+def test_unknown_or_unfit_neuron_kind_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown neuron kind 'alif'; valid choices: if, lif, plif"):
+        NeuronConfig(kind="alif")
+    with pytest.raises(ValueError, match=r"kind 'if' has no leak, got leak=0.9"):
+        NeuronConfig(kind="if", leak=0.9)
+    with pytest.raises(ValueError, match=r"'plif' learns its leak from the initial value leak in \(0, 1\), got leak=1.0"):
+        NeuronConfig(kind="plif")
+
+
+def test_build_neuron_follows_the_kind_and_leak_one_lif_is_if():
+    x = torch.rand(6, 3, 5, dtype=torch.float64) * 2
+    lif = build_neuron(NeuronConfig(kind="lif", leak=1.0)).double()
+    if_ = build_neuron(NeuronConfig(kind="if")).double()
+    assert (type(lif).__name__, type(if_).__name__) == ("LIF", "IF")
+    torch.testing.assert_close(lif(x), if_(x))
+
+
+def unrolled_plif(x, w, vth, alpha):
+    """h = sigmoid(w) v + x, s = H(h - Vth) with the sigmoid surrogate, v = h - Vth s (by hand)."""
+    lam, v, out = torch.sigmoid(w), 0.0, []
+    for t in range(x.shape[0]):
+        h = lam * v + x[t]
+        smooth = torch.sigmoid(alpha * (h - vth))
+        s = (h >= vth).to(h.dtype) + smooth - smooth.detach()
+        v = h - vth * s
+        out.append(s)
+    return torch.stack(out)
+
+
+def test_plif_learns_its_leak_and_its_gradient_equals_the_unrolled_one():
+    torch.manual_seed(0)
+    cfg = NeuronConfig(kind="plif", leak=0.6, threshold=0.7, surrogate_alpha=2.0)
+    plif = build_neuron(cfg).double()
+    assert plif.leak_value() == pytest.approx(0.6)
+    x = (torch.rand(5, 4, 3, dtype=torch.float64) * 1.2).requires_grad_()
+    g = torch.randn(5, 4, 3, dtype=torch.float64)
+    out = plif(x)
+    # the same as a fixed-leak LIF of that leak in value
+    torch.testing.assert_close(out, build_neuron(NeuronConfig(leak=0.6, threshold=0.7)).double()(x))
+    (out * g).sum().backward()
+    w = plif.w.detach().clone().requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    (unrolled_plif(xr, w, plif.vth(), 2.0) * g).sum().backward()
+    assert plif.w.grad.abs() > 0
+    torch.testing.assert_close(plif.w.grad, w.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_feedback_map_reads_the_floored_threshold():
+    """IDE's equivalent map reads Vth through the one accessor, so a trainable threshold an
+    optimiser drove below its floor is used at the floor (as in the SNN itself)."""
+    from lightning_snn.models import MODELS
+
+    cfg = NeuronConfig(threshold=1.0, trainable_threshold=True, threshold_floor=0.5)
+    net = MODELS.build("f_mlp", input_shape=(1, 2, 2), num_classes=2, hidden=3, neuron=cfg).double().eval()
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    ctx = net.prepare(x.unsqueeze(0).expand(3, *x.shape))
+    a = torch.rand(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        net.neurons[0].threshold.fill_(-1.0)
+        got = net.equilibrium_map(a, ctx)
+        cur = net.feedback.apply(a, ctx.feedback_weight) + ctx.mean_current
+    torch.testing.assert_close(got, torch.clamp(cur / 0.5, 0, 1))
+    assert float(net.neurons[0].threshold) == 0.5
