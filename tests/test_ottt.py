@@ -233,3 +233,35 @@ def test_ottt_a_under_two_process_ddp_equals_one_process(tmp_path):
     # gradients were all-reduced once per optimiser step (2 batches x 1 bucket), not once per time step
     calls = results[2][1]
     assert calls["steps"] == 2 and calls["allreduce_per_rank"] == [2, 2], calls
+
+
+# ----------------------------------------------------------------------------- one loss
+def test_train_and_val_loss_are_the_same_quantity_under_ottt():
+    """The online run's summed per-step losses and the evaluation loss of the plain forward are one
+    definition: equal on a model without batch norm (whose online values equal the plain ones)."""
+    torch.manual_seed(5)
+    m = SNNModule("mlp", num_classes=3, input_shape=(6,), strategy="ottt_a", T=4,
+                  network_args={"hidden": (8, 5), "batch_norm": False},
+                  neuron=NeuronConfig(threshold=0.5, leak=0.6), loss=LossConfig(mse_weight=0.3)).double()
+    assert m.loss.per_step and m.loss.mse_weight == 0.3
+    x, y = torch.randn(5, 6, dtype=torch.float64) * 2, torch.tensor([0, 1, 2, 1, 0])
+    train, _ = m.strategy.train_step(m.net, x, y, m.loss)
+    m.eval()
+    with torch.no_grad():
+        out = m.strategy.forward(m.net, x)
+    val = m.loss(out, y)
+    by_hand = sum(0.7 * F.cross_entropy(o, y) + 0.3 * F.mse_loss(o, F.one_hot(y, 3).double())
+                  for o in out) / 4
+    torch.testing.assert_close(train, val, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(val, by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_a_loss_an_online_strategy_cannot_honour_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"strategy 'ottt_o' trains on the mean of per-step losses and "
+                       r"cannot honour loss.per_step=False"):
+        SNNModule("mlp", num_classes=3, input_shape=(6,), strategy="ottt_o", loss=LossConfig(per_step=False))
+    with pytest.raises(ValueError, match=r"loss_lambda has moved .* model.loss.mse_weight: 0.05"):
+        SNNModule("mlp", num_classes=3, input_shape=(6,), strategy="ottt_a", strategy_args={"loss_lambda": 0.05})
+    # whole-sequence strategies take either form
+    for per_step in (False, True):
+        assert SNNModule("mlp", num_classes=3, input_shape=(6,), loss=LossConfig(per_step=per_step)).loss.per_step is per_step
