@@ -40,6 +40,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, missing, or made for another model."""
 
 
+VALID_CKPT = "(valid: a complete checkpoint file written by fit, 'last' or 'best')"
+
+
+def _unusable(path: Any, reason: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} {reason} {VALID_CKPT}")
+
+
 class TrainingInterrupted(RuntimeError):
     """Training stopped on a signal after saving ``path`` (the CLI exits with ``128 + signum``)."""
 
@@ -95,19 +102,19 @@ def verify_checkpoint(path: str | Path) -> None:
     if path.is_dir():
         return
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise _unusable(path, "does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty")
+        raise _unusable(path, "is empty")
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint file ({e})") from e
+        raise _unusable(path, f"is truncated or not a checkpoint file ({e})") from e
     if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is corrupt (member {bad} fails its CRC check)")
+        raise _unusable(path, f"is corrupt (member {bad} fails its CRC check)")
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
-        raise CheckpointError(f"checkpoint {path} is a zip archive but not a torch checkpoint")
+        raise _unusable(path, "is a zip archive but not a torch checkpoint")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -119,7 +126,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first})") from e
+        raise _unusable(path, f"cannot be read ({first})") from e
 
 
 def _candidates(folders: list[Path], exclude: Path) -> list[Path]:
@@ -234,10 +241,14 @@ class ResumeCheckpoint(ModelCheckpoint):
                  every_n_epochs: int | None = None, train_time_interval: Any = None,
                  save_last: bool = True, save_weights_only: bool = False,
                  enable_version_counter: bool = True) -> None:
+        # Lightning takes one trigger; the epoch-end save is this class's own (on_train_epoch_end)
+        steps_or_time = bool(every_n_train_steps) or train_time_interval is not None
         super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
-                         every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+                         every_n_train_steps=every_n_train_steps,
+                         every_n_epochs=None if steps_or_time else every_n_epochs,
                          train_time_interval=train_time_interval, save_weights_only=save_weights_only,
                          save_on_train_epoch_end=True, enable_version_counter=enable_version_counter)
+        self._epoch_every = every_n_epochs or 1
         self._periodic = bool(save_last)
         self._signum = 0
         self._previous: dict[int, Any] = {}
@@ -246,7 +257,7 @@ class ResumeCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(kind="resume", every_n_train_steps=self._every_n_train_steps,
-                                        every_n_epochs=self._every_n_epochs)
+                                        every_n_epochs=self._epoch_every)
 
     # ------------------------------------------------------------ set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -261,6 +272,14 @@ class ResumeCheckpoint(ModelCheckpoint):
             error = trainer.strategy.broadcast(error)
             if error:
                 raise CheckpointError(error)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed run continues the run it resumes: its last file (in this run's folder) is
+        overwritten, also when the folder moved or that file was unreadable, never versioned aside."""
+        super().load_state_dict(state_dict)
+        if self.dirpath:
+            name = Path(state_dict.get("last_model_path") or self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION).name
+            self.last_model_path = str(Path(self.dirpath) / name)
 
     # ------------------------------------------------------------ periodic saves
     def _save_last(self, trainer: pl.Trainer) -> None:
@@ -281,7 +300,7 @@ class ResumeCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After the epoch's validation; unlike ``ModelCheckpoint``, also when no step save happened."""
         if self._periodic and not trainer.fast_dev_run and not trainer.sanity_checking and (
-            self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            (trainer.current_epoch + 1) % self._epoch_every == 0
         ):
             self._save_last(trainer)
 
@@ -369,7 +388,7 @@ def best_and_resume_callbacks(args: dict[str, Any]) -> list[ModelCheckpoint]:
         return [resume]
     best_args = {k: v for k, v in args.items()
                  if k not in ("save_last", "every_n_train_steps", "train_time_interval",
-                              "save_on_train_epoch_end", "every_n_epochs", "save_on_exception")}
-    best = ModelCheckpoint(**best_args, save_last=False, every_n_train_steps=0,
+                              "save_on_train_epoch_end", "save_on_exception")}
+    best = ModelCheckpoint(**best_args, save_last=False, every_n_train_steps=None, train_time_interval=None,
                            save_on_train_epoch_end=False)
     return [best, resume]

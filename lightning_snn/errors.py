@@ -55,7 +55,8 @@ def parser_error_line(message: str) -> str:
     reasons = [ln for ln in lines if not _PARSER_KEY.match(ln) and not ln.startswith(
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]
     reason = reasons[-1].lstrip("- ") if reasons else (lines[0] if lines else "invalid arguments")
-    return f"{key}: {reason}" if key and key not in reason else reason
+    line = f"{key}: {reason}" if key and key not in reason else reason
+    return line if "(valid: " in line else f"{line} (valid: the options listed by --help)"
 
 
 def error_line(exc: BaseException) -> str:
