@@ -155,6 +155,10 @@ def test_usr1_requeues_resumes_and_ends_with_the_same_epoch_count(slurm_cluster,
     plain = load_ckpt(out_dir / "plain" / jobs["plain"] / "checkpoints" / "last.ckpt")
     preempted = load_ckpt(run / "checkpoints" / "last.ckpt")
     assert preempted["global_step"] == plain["global_step"] == epochs * batches
+    # saved at a step boundary: the interrupted batch is not counted twice by BatchNorm
+    tracked = [k for k in plain["state_dict"] if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(preempted["state_dict"][k]) == int(plain["state_dict"][k]) == epochs * batches
+                           for k in tracked)
     assert metric_epochs(run) == metric_epochs(out_dir / "plain" / jobs["plain"]) == set(range(epochs))
     print(f"USR1 -> requeued job finished {round_trip:.1f} s later")
 
