@@ -52,11 +52,14 @@ def parser_error_line(message: str) -> str:
             if got.lower() in ("nan", "inf", "-inf", ".nan", ".inf", "-.inf"):
                 valid = "a finite number"
             return f"{key}: expected {valid}, got {got!r} (valid: {valid})"
-    reasons = [ln for ln in lines if not _PARSER_KEY.match(ln) and not ln.startswith(
+    rest = [_PARSER_KEY.sub("", ln).strip() for ln in lines]
+    reasons = [ln for ln in rest if ln and not ln.startswith(
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]
-    reason = reasons[-1].lstrip("- ") if reasons else (lines[0] if lines else "invalid arguments")
+    reason = reasons[-1].lstrip("- ") if reasons else "invalid arguments"
     line = f"{key}: {reason}" if key and key not in reason else reason
-    return line if "(valid: " in line else f"{line} (valid: the options listed by --help)"
+    if "(valid: " in line or "(choose from " in line:
+        return line
+    return f"{line} (valid: the options listed by --help)"
 
 
 def error_line(exc: BaseException) -> str:
