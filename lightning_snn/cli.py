@@ -16,6 +16,7 @@ the requested ones is an error naming the keys (the checkpoint never overrides t
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Literal, NoReturn, Optional
 
@@ -25,6 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks,
@@ -141,6 +143,9 @@ def command_line(args: list[str] | None = None) -> NoReturn:
         except TrainingInterrupted as stop:
             print(f"interrupted: {stop}", file=sys.stderr)
             sys.exit(128 + stop.signum)
+        except SIGTERMException:  # Lightning's own, outside the training loop (e.g. in test): not 0
+            print("interrupted: stopped by SIGTERM", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
 
     run_main(run)
 

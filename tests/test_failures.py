@@ -243,3 +243,27 @@ def test_traceback_only_when_debugging(data_root, tmp_path, capsys, monkeypatch)
         command_line(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: model.lr")
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_of_ddp_stops_every_rank_at_the_same_step(data_root, tmp_path):
+    """2 gloo ranks, SIGTERM to rank 0 only: the ranks agree at the step boundary, save one
+    last.ckpt together and exit 143; ``--ckpt_path last`` finishes the run."""
+    per_epoch = 10
+    args = fit_args(data_root, tmp_path / "ddp", "--checkpoint.every_n_train_steps=3", "--trainer.devices=2",
+                    "--trainer.strategy=ddp", epochs=2, train_batches=per_epoch, batch_size=8, batch_norm=False)
+    proc = _start(args, tmp_path / "ddp.log")
+    last = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    log = tmp_path / "ddp.log"
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    saved = load_ckpt(last)
+    step = saved["global_step"]
+    assert 3 <= step < 2 * per_epoch and step % per_epoch, f"not acted on mid-epoch (step {step})"
+    assert saved["VisionDataModule"]["train_position"] == [step // per_epoch, step % per_epoch]
+    resumed = run_cli(args + ["--ckpt_path=last"])
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert load_ckpt(last)["global_step"] == 2 * per_epoch
