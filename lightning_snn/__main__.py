@@ -1,4 +1,4 @@
-from lightning_snn.cli import main
+from lightning_snn.cli import command_line
 
 if __name__ == "__main__":
-    main()
+    command_line()

@@ -1,23 +1,39 @@
 """Command line: ``python -m lightning_snn {fit,validate,test,predict} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
-into the model (and the model's ``T`` into the number of event frames), a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
+into the model (and the model's ``T`` into the number of event frames), checkpoints (best by
+``val/acc`` at each validation, ``last.ckpt`` at epoch ends / ``--checkpoint.every_n_train_steps`` /
+on SIGTERM or SIGUSR1, see ``checkpoints``) and a CSV logger are on by default, and
 ``--test_after_fit best|last`` evaluates the best checkpoint (by ``val/acc``) or the final
 weights on the test split after ``fit``. With a W&B logger (``--trainer.logger`` class_path
 ``pytorch_lightning.loggers.WandbLogger``) the full parsed config is also stored in the run's config.
+
+``--ckpt_path`` is verified before anything starts: an unreadable ``last``/``hpc_ckpt`` file falls
+back to the newest intact checkpoint (``fit``), and a checkpoint whose model settings differ from
+the requested ones is an error naming the keys (the checkpoint never overrides the config).
+``python -m lightning_snn`` reports bad input in one line (``errors``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import signal
+import sys
+from typing import Any, Literal, NoReturn, Optional
 
 import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lightning_snn.checkpoints import (
+    AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks,
+    hparam_mismatch, read_checkpoint, resolve_resume,
+)
 from lightning_snn.data import VisionDataModule
+from lightning_snn.errors import run_main
 from lightning_snn.module import SNNModule
 
 
@@ -34,6 +50,9 @@ class SaveConfigToLogger(SaveConfigCallback):
 
 
 class SNNCLI(LightningCLI):
+    _ckpt_hparams: dict[str, Any] | None = None
+    _ckpt_file: str | None = None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
@@ -57,6 +76,45 @@ class SNNCLI(LightningCLI):
             help="after fit, evaluate the best (by val/acc) or the final weights on the test split",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Verify ``--ckpt_path`` (fall back from a broken ``last`` when fitting) and keep its model
+        settings to compare after instantiation; unlike Lightning, never merge them into the config."""
+        sub = self.config.get("subcommand")
+        if not sub or not self.config[sub].get("ckpt_path"):
+            return
+        cfg = self.config[sub]
+        path = resolve_resume(str(cfg.ckpt_path), cfg.checkpoint.dirpath if "checkpoint" in cfg else None,
+                              cfg.trainer.default_root_dir, fallback=sub == "fit")
+        cfg.ckpt_path = path
+        if path not in ("last", "best", "hpc") and not path.startswith("registry"):
+            self._ckpt_file = path
+            self._ckpt_hparams = read_checkpoint(path).get("hyper_parameters")
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        self._check_checkpoint_matches_model()
+        trainer = self.trainer
+        # the --checkpoint.* callback becomes best-by-validation + last/step/signal (checkpoints.py)
+        configured = self.config_init[self.subcommand].get("checkpoint")
+        if configured in trainer.callbacks:
+            args = self.config[self.subcommand].checkpoint.as_dict()
+            i = trainer.callbacks.index(configured)
+            trainer.callbacks[i:i + 1] = best_and_resume_callbacks(args)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _check_checkpoint_matches_model(self) -> None:
+        if not self._ckpt_hparams:
+            return
+        diff = hparam_mismatch(self._ckpt_hparams, dict(self.model.hparams),
+                               include_optimisation=self.subcommand == "fit")
+        if diff:
+            shown = "; ".join(f"model.{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diff)
+            raise CheckpointError(
+                f"checkpoint {self._ckpt_file} was made with other model settings than requested: {shown} "
+                "(valid: the checkpoint's settings, or no --ckpt_path to start a new run)")
+
     def after_fit(self) -> None:
         which = self.config[self.subcommand].get("test_after_fit")
         if which:
@@ -73,3 +131,25 @@ def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
         **cli_kwargs,
     }
     return SNNCLI(SNNModule, VisionDataModule, args=args, **kwargs)
+
+
+def command_line(args: list[str] | None = None) -> NoReturn:
+    """``python -m lightning_snn``: bad input is one line and exit status 2 (``errors``); a run
+    stopped by SIGTERM / SIGUSR1 exits with ``128 + signal`` after saving its checkpoint."""
+
+    def run() -> None:
+        try:
+            main(args, parser_kwargs=_NO_EXIT)
+        except TrainingInterrupted as stop:
+            print(f"interrupted: {stop}", file=sys.stderr)
+            sys.exit(128 + stop.signum)
+        except SIGTERMException:  # Lightning's own, outside the training loop (e.g. in test): not 0
+            print("interrupted: stopped by SIGTERM", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
+
+    run_main(run)
+
+
+# parse errors raise (jsonargparse.ArgumentError) instead of printing the usage text and exiting
+_NO_EXIT: dict[str, Any] = {"exit_on_error": False, **{
+    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}}

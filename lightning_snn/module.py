@@ -18,6 +18,29 @@ from lightning_snn.neurons import NeuronConfig
 from lightning_snn.strategies import STRATEGIES, GradientStrategy
 
 
+def _bad(option: str, value: Any, valid: str) -> ValueError:
+    return ValueError(f"model.{option} must be {valid}, got {value!r} (valid: {valid})")
+
+
+def _check_options(*, T: Any, lr: float, momentum: float, weight_decay: float, gamma: float,
+                   warmup_steps: int, milestones: Sequence[int]) -> None:
+    """Numeric options out of range fail here, naming the option, not later inside torch."""
+    if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
+        raise _bad("T", T, "a positive integer")
+    if not (math.isfinite(lr) and lr > 0):
+        raise _bad("lr", lr, "a finite number > 0")
+    if not 0.0 <= momentum < 1.0:
+        raise _bad("momentum", momentum, "in [0, 1)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise _bad("weight_decay", weight_decay, "a finite number >= 0")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise _bad("gamma", gamma, "a finite number > 0")
+    if warmup_steps < 0:
+        raise _bad("warmup_steps", warmup_steps, "an integer >= 0")
+    if any(m < 0 for m in milestones):
+        raise _bad("milestones", list(milestones), "epochs >= 0")
+
+
 class SNNModule(pl.LightningModule):
     """Train a registered spiking network with a registered gradient strategy.
 
@@ -62,9 +85,11 @@ class SNNModule(pl.LightningModule):
         warmup_steps: int = 0,
     ) -> None:
         super().__init__()
+        _check_options(T=T, lr=lr, momentum=momentum, weight_decay=weight_decay, gamma=gamma,
+                       warmup_steps=warmup_steps, milestones=milestones)
         self.save_hyperparameters()
         self.neuron = neuron or NeuronConfig()
-        self.strategy: GradientStrategy = STRATEGIES.build(strategy, T=T, **(strategy_args or {}))
+        strategy_cls = STRATEGIES.get(strategy)
         self.net: SpikingNet = MODELS.build(
             network,
             input_shape=tuple(input_shape),
@@ -72,6 +97,10 @@ class SNNModule(pl.LightningModule):
             neuron=self.neuron,
             **(network_args or {}),
         )
+        if self.net.kind not in strategy_cls.supported_kinds:
+            # the model mismatch first: strategy_args left over from another strategy are secondary
+            GradientStrategy.check_model(strategy_cls, self.net)  # type: ignore[arg-type]
+        self.strategy: GradientStrategy = STRATEGIES.build(strategy, T=T, **(strategy_args or {}))
         self.strategy.check_model(self.net)
         # one loss for training and evaluation (an online strategy calls it per step)
         self.loss = SpikingLoss.for_strategy(self.strategy, loss)

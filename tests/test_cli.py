@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_snn.checkpoints import ResumeCheckpoint
 from lightning_snn.cli import main
 from lightning_snn.models.base import SpikingNet
 from lightning_snn.module import SNNModule
@@ -56,8 +57,9 @@ def test_fit_writes_checkpoint_then_test_and_predict(tmp_path, data_root):
                     "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
                     "--test_after_fit=null")
     cli = main(args)
-    best = Path(cli.trainer.checkpoint_callback.best_model_path)
-    last = Path(cli.trainer.checkpoint_callback.last_model_path)
+    best_cb, resume_cb = cli.trainer.checkpoint_callbacks  # best by val/acc, then last/step/signal
+    assert best_cb is cli.trainer.checkpoint_callback and isinstance(resume_cb, ResumeCheckpoint)
+    best, last = Path(best_cb.best_model_path), Path(resume_cb.last_model_path)
     assert best.is_file() and last.is_file()
     base = [a for a in args[1:] if not a.startswith(("--trainer.max_epochs", "--test_after_fit"))]
     test = main(["test", *base, f"--ckpt_path={best}"])

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_snn.slurm.submit import main as submit_main
 from lightning_snn.slurm.validate import time_limit_seconds
@@ -155,6 +156,12 @@ def test_usr1_requeues_resumes_and_ends_with_the_same_epoch_count(slurm_cluster,
     plain = load_ckpt(out_dir / "plain" / jobs["plain"] / "checkpoints" / "last.ckpt")
     preempted = load_ckpt(run / "checkpoints" / "last.ckpt")
     assert preempted["global_step"] == plain["global_step"] == epochs * batches
+    # saved at a step boundary: the interrupted batch is not counted twice by BatchNorm
+    tracked = [k for k in plain["state_dict"] if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(preempted["state_dict"][k]) == int(plain["state_dict"][k]) == epochs * batches
+                           for k in tracked)
+    for k, v in plain["state_dict"].items():  # same seed, resumed between steps: the same weights
+        assert torch.equal(v, preempted["state_dict"][k]), f"{k} differs by {max_weight_diff(plain, preempted):.3g}"
     assert metric_epochs(run) == metric_epochs(out_dir / "plain" / jobs["plain"]) == set(range(epochs))
     print(f"USR1 -> requeued job finished {round_trip:.1f} s later")
 

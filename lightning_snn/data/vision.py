@@ -175,9 +175,15 @@ class VisionDataModule(pl.LightningDataModule):
         super().__init__()
         self.spec: DatasetSpec = DATASETS.build(dataset)
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+            raise ValueError(f"data.batch_size must be > 0, got {batch_size} (valid: an integer >= 1)")
+        if eval_batch_size is not None and eval_batch_size <= 0:
+            raise ValueError(f"data.eval_batch_size must be > 0 or null (= batch_size), got "
+                             f"{eval_batch_size} (valid: an integer >= 1, or null)")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers} "
+                             "(valid: 0 = load in the main process, or a number of worker processes)")
         if val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {val_size}")
+            raise ValueError(f"val_size must be >= 0, got {val_size} (valid: an integer >= 0)")
         folder = Path(root).expanduser() / self.spec.folder
         if not download and not folder.is_dir():  # fail before anything is started or written
             raise FileNotFoundError(
@@ -298,18 +304,23 @@ class VisionDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return ffcv_loader(
             path, pipeline=self.spec.ffcv_pipeline, train=split == "train",
-            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
+            batch_size=hp.batch_size if split == "train" else self._eval_batch_size,
             mean=self.spec.mean, std=self.spec.std, num_workers=max(1, hp.num_workers),
             indices=indices, distributed=bool(trainer and trainer.world_size > 1), seed=hp.seed,
             order=hp.ffcv_order if split == "train" else None, os_cache=hp.os_cache,
             augment=hp.augment,
         )
 
+    @property
+    def _eval_batch_size(self) -> int:
+        hp = self.hparams
+        return hp.batch_size if hp.eval_batch_size is None else hp.eval_batch_size
+
     def _eval_loader(self, data: Dataset | None) -> DataLoader:
         hp = self.hparams
         return DataLoader(
             data,
-            batch_size=hp.eval_batch_size or hp.batch_size,
+            batch_size=self._eval_batch_size,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
