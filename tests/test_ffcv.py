@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torchvision import datasets
@@ -61,6 +62,61 @@ def test_damaged_files_are_named_in_the_error(tmp_path, data_root):
             ffcv_loader(bad, pipeline="cifar", train=True, batch_size=4, mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(FileNotFoundError, match="missing.beton does not exist"):
         check_beton(tmp_path / "missing.beton")
+
+
+@pytest.fixture(scope="module")
+def fmnist_beton(tmp_path_factory, data_root):
+    """The real Fashion-MNIST test split (10,000 images) as a ``.beton``, and its data set."""
+    ds = datasets.FashionMNIST(str(data_root), train=False)
+    return write_beton(ds, tmp_path_factory.mktemp("beton") / "fm.beton", gray=True), ds
+
+
+def _layout(path):
+    """(allocation table offset, entry size, end of metadata) read from the file's own header."""
+    from ffcv.reader import Reader
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType
+
+    r = Reader(str(path))
+    meta_end = HeaderType.itemsize + r.num_fields * FieldDescType.itemsize + r.num_samples * r.metadata_type.itemsize
+    return int(r.header["alloc_table_ptr"]), ALLOC_TABLE_TYPE.itemsize, meta_end
+
+
+@pytest.mark.parametrize("cut", ["one_entry", "1000_entries", "mid_entry", "table_start", "data", "metadata",
+                                 "header"])
+def test_every_truncation_is_detected(cut, fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    data = good.read_bytes()
+    table, entry, meta_end = _layout(good)
+    keep = {"one_entry": len(data) - entry, "1000_entries": len(data) - 1000 * entry,
+            "mid_entry": len(data) - 5, "table_start": table, "data": (meta_end + table) // 2,
+            "metadata": meta_end - 100, "header": 10}[cut]
+    bad = tmp_path / f"cut_{cut}.beton"
+    bad.write_bytes(data[:keep])
+    with pytest.raises(BetonError, match=f"{bad} is damaged: .*write it again"):
+        check_beton(bad)
+
+
+@pytest.mark.parametrize("zeroed", ["header", "table", "one_entry", "metadata_pointer"])
+def test_zeroed_header_or_allocation_table_is_detected(zeroed, fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    data = bytearray(good.read_bytes())
+    table, entry, meta_end = _layout(good)
+    span = {"header": (0, 24), "table": (table, len(data)), "one_entry": (table + 500 * entry, table + 501 * entry),
+            "metadata_pointer": (meta_end - 16, meta_end - 8)}[zeroed]  # last sample: (image ptr, label)
+    data[span[0]:span[1]] = bytes(span[1] - span[0])
+    bad = tmp_path / f"zeroed_{zeroed}.beton"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BetonError, match=f"{bad} is damaged"):
+        check_beton(bad)
+
+
+def test_appended_bytes_are_detected(fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    bad = tmp_path / "longer.beton"
+    bad.write_bytes(good.read_bytes() + bytes(24))
+    with pytest.raises(BetonError, match="extra bytes at the end"):
+        check_beton(bad)
+    assert check_beton(good) == 10_000
 
 
 def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
