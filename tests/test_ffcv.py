@@ -142,6 +142,75 @@ def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]
 
 
+FULL_DISK_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    from lightning_snn.data.ffcv import write_beton
+
+    class Big:  # 48 samples of 1 MiB: 6 of FFCV's 8 MiB pages, more than the file system holds
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            return np.full((1024, 1024), i, dtype=np.uint8), i
+
+    folder = sys.argv[1]
+    start = time.monotonic()
+    try:
+        write_beton(Big(), os.path.join(folder, "big.beton"), gray=True, num_workers=2)
+        print("written")
+    except OSError as e:
+        print(f"OSError after {time.monotonic() - start:.1f} s: {e}")
+    print("left:", sorted(os.listdir(folder)))
+""")
+
+
+def _run_full_disk(tmp_path, folder, prefix=(), **kw):
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([*prefix, sys.executable, str(script), str(folder)], capture_output=True, text=True,
+                       timeout=120, env=env, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_write_onto_a_full_disk_fails_promptly_and_leaves_nothing(tmp_path):
+    """A real 12 MiB tmpfs (in a private mount namespace): a writer process hits ENOSPC."""
+    import shutil
+
+    folder = tmp_path / "small_fs"
+    folder.mkdir()
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=12m tmpfs {folder}"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here: {probe.stderr.decode().strip()}")
+    out = _run_full_disk(tmp_path, folder, prefix=(
+        "unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+        f'mount -t tmpfs -o size=12m tmpfs {folder} && exec "$0" "$@"'))
+    assert "No space left on device" in out and "big.beton" in out, out
+    assert "left: []" in out, out
+
+
+@pytest.mark.slow
+def test_write_past_the_file_size_limit_fails_and_leaves_nothing(tmp_path):
+    """RLIMIT_FSIZE (with SIGXFSZ ignored, writes past it fail with EFBIG) in the writer's processes."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12 << 20, 12 << 20))
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = _run_full_disk(tmp_path, folder, preexec_fn=limit)
+    assert "OSError after" in out and "big.beton" in out and "File too large" in out, out
+    assert "left: []" in out, out
+    assert sorted(p.name for p in folder.iterdir()) == []
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
     from lightning_snn.data.ffcv import ffcv_loader

@@ -97,6 +97,87 @@ class _Adapter:
             return self.placeholder, 0
 
 
+def _worker(work_fn: Any, errors: Any, *args: Any) -> None:
+    """An FFCV writer process that reports why it died (e.g. ``ENOSPC`` writing a page)."""
+    try:
+        work_fn(*args)
+    except BaseException as e:
+        errors.put(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _supervised_writer() -> type:
+    """FFCV's ``DatasetWriter`` whose parent notices a dead worker.
+
+    FFCV's parent waits for a sample counter to reach the data set length and then for every
+    worker's allocation list; a worker that dies (a full disk, a killed process) leaves both waits
+    hanging forever. This version polls the workers while it waits, stops the others when one
+    fails, frees the shared metadata and raises ``OSError`` with the worker's error.
+    """
+    from multiprocessing import Process, Queue, Value
+    import ctypes
+    import queue as queue_mod
+    import time
+
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.writer import DatasetWriter
+
+    class SupervisedWriter(DatasetWriter):
+        def _write_common(self, num_samples: int, queue_content: Any, work_fn: Any,
+                          extra_worker_args: tuple) -> None:
+            self.num_samples = num_samples
+            self.prepare()
+            work: Queue = Queue()
+            for todo in queue_content:
+                work.put(todo)
+            for _ in range(self.num_workers):
+                work.put(None)
+            allocations: Queue = Queue()
+            errors: Queue = Queue()
+            done = Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
+                    allocations, *extra_worker_args)
+            procs = [Process(target=_worker, args=(work_fn, errors, *args)) for _ in range(self.num_workers)]
+
+            def check() -> None:
+                failed = [p for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    try:
+                        reason = errors.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        reason = f"exit code {failed[0].exitcode}"
+                    raise OSError(f"an FFCV writer process failed writing {self.fname}: {reason}")
+
+            try:
+                for p in procs:
+                    p.start()
+                while done.value < self.num_samples:
+                    check()
+                    time.sleep(0.05)
+                collected: list = []
+                for _ in procs:  # the last page is written after the count is complete
+                    while True:
+                        try:
+                            collected.extend(allocations.get(timeout=0.2))
+                            break
+                        except queue_mod.Empty:
+                            check()
+                for p in procs:
+                    p.join()
+                check()
+                self.finalize(collected)
+            finally:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                        p.join()
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+    return SupervisedWriter
+
+
 def write_beton(
     dataset: Any,
     path: str | os.PathLike,
@@ -118,7 +199,6 @@ def write_beton(
     """
     _require_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -138,11 +218,16 @@ def write_beton(
             write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
         )
     try:
-        writer = DatasetWriter(str(tmp), {"image": image_field, "label": IntField()}, num_workers=num_workers)
+        writer = _supervised_writer()(str(tmp), {"image": image_field, "label": IntField()},
+                                      num_workers=num_workers)
         writer.from_indexed_dataset(adapted)
         if errors.exists():
             lines = errors.read_text().splitlines()
             raise RuntimeError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
+        try:  # FFCV ignores short writes: the finished file must be complete before it is used
+            check_beton(tmp)
+        except BetonError as e:
+            raise OSError(f"writing {path} failed: {e}") from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
