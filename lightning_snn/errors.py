@@ -25,6 +25,11 @@ class UsageError(ValueError):
     """Bad input to a command: the message names the value and what would be valid."""
 
 
+class DataFileError(UsageError, RuntimeError):
+    """A data file that exists but cannot be read (truncated, zeroed, not in the expected format):
+    the message names the file."""
+
+
 def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line (newlines of multi-line messages folded to ``; ``)."""
     text = str(exc).strip() or type(exc).__name__

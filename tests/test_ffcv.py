@@ -294,3 +294,33 @@ def test_imagenet_style_folder_to_jpeg_beton(tmp_path, data_root):
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
     xv, _ = next(iter(dm.val_dataloader()))  # centre crop
     assert xv.shape == (4, 3, 224, 224)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--root=data"], "give exactly one of --dataset or --image_folder (valid data sets: cifar10, cifar100, "),
+    (["--dataset=nmnist"], "--dataset 'nmnist' cannot be written to a .beton (valid: cifar10, "),
+    (["--dataset=cifar10", "--num_workers=0"], "--num_workers 0 (valid: an integer >= 1)"),
+    (["--dataset=cifar10", "--jpeg_quality=101"], "--jpeg_quality 101 (valid: 1 to 100)"),
+    (["--image_folder=nowhere"], "--image_folder nowhere does not exist"),
+])
+def test_write_beton_bad_input_is_one_line(args, expected, tmp_path, capsys):
+    from lightning_snn.data.write_beton import cli
+
+    assert cli([f"--out={tmp_path / 'x.beton'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_beton_existing_file_is_one_line_and_debug_shows_the_traceback(tmp_path, data_root):
+    out = tmp_path / "c.beton"
+    out.write_bytes(b"earlier")
+    cmd = [sys.executable, "-m", "lightning_snn.data.write_beton", "--dataset=cifar10", f"--root={data_root}",
+           f"--out={out}", "--verify_md5=false"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: {out} exists; pass overwrite=True (--overwrite) to replace it"), r.stderr
+    assert "Traceback" not in r.stderr and out.read_bytes() == b"earlier"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "LIGHTNING_SNN_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "FileExistsError" in r.stderr

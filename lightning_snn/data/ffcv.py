@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_snn.errors import UsageError
+from lightning_snn.errors import DataFileError, UsageError
 
 Pipeline = Literal["cifar", "imagenet", "gray"]
 
@@ -223,7 +223,7 @@ def write_beton(
         writer.from_indexed_dataset(adapted)
         if errors.exists():
             lines = errors.read_text().splitlines()
-            raise RuntimeError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
+            raise DataFileError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
         try:  # FFCV ignores short writes: the finished file must be complete before it is used
             check_beton(tmp)
         except BetonError as e:

@@ -25,12 +25,8 @@ from torchvision.transforms import v2
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
-from lightning_snn.errors import UsageError
+from lightning_snn.errors import DataFileError
 from lightning_snn.registry import Registry
-
-
-class DataFileError(UsageError, RuntimeError):
-    """A data file that exists but cannot be read (truncated, zeroed, not the expected format)."""
 
 
 def named_image_loader(path: str) -> Any:
