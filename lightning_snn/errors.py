@@ -9,6 +9,7 @@ traceback instead (the exception propagates unchanged).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,12 +31,24 @@ class DataFileError(UsageError, RuntimeError):
     the message names the file."""
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser whose usage errors raise :class:`UsageError` (one line through
+    :func:`run_main`) instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (valid: see {self.prog} --help)")
+
+
 def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line (newlines of multi-line messages folded to ``; ``)."""
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = str(exc.args[0])
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    out = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if line:
+            out += (" " if out.endswith(":") else "; " if out else "") + line
+    return out
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
