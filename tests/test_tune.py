@@ -270,3 +270,32 @@ def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     with pytest.raises(SystemExit, match="leave out --address"):
         submit(["--dry-run", "--", "--address", "auto"])
+
+
+# ----------------------------------------------------------------------------- bad input (no Ray)
+@pytest.mark.parametrize("space, args, expected", [
+    ("", [], "an empty search space (valid: a mapping of dotted config keys"),
+    ("model.neuron.thresh: {uniform: [0.5, 2.0]}", [], "Option 'thresh' is not accepted"),
+    ("model.T: {choice: [abc]}", [], 'Parser key "model.T": Expected a <class \'int\'>. Got value: abc'),
+    ("model.lr: {uniform: [1]}", [], "space key 'model.lr': {'uniform': [1]} is not a valid distribution"),
+    ("model.T: {choice: [2]}", ["--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
+    ("model.T: {choice: [2]}", ["--config", "configs/nope.yaml"], "--config 'configs/nope.yaml' does not exist"),
+    ("model.T: {choice: [2]}", ["--config", ""], "--config is required"),
+    ("model.T: {choice: [2]}", ["--metric", "val/acc5"], "--metric 'val/acc5' is not reported by the trials "
+                                                         "(valid: val/acc, val/loss, train/loss)"),
+    ("model.T: {choice: [2]}", ["--", "--model.T=abc"], "Got value: abc"),
+    ("model.T: {choice: [2]}", ["--num-samples", "x"], "--num-samples: invalid int value: 'x'"),
+])
+def test_bad_sweep_input_is_one_line_before_ray_starts(space, args, expected, tmp_path, capsys):
+    import ray
+
+    from tune.sweep import main
+
+    f = tmp_path / "space.yaml"
+    f.write_text(space)
+    storage = tmp_path / "tune"
+    argv = ["--config", str(ROOT / "configs" / "fmnist_mlp_bptt.yaml"), "--space", str(f), "--name", "bad", "--storage-path", str(storage)]
+    assert main([*argv, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not ray.is_initialized() and not storage.exists()

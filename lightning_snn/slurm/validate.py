@@ -107,35 +107,13 @@ def partition(name: str, known: list[str]) -> str:
     return name
 
 
+
 def training_args(args: list[str]) -> None:
-    """Parse ``args`` (``fit --config ...``) with the training command line's own parser
-    (``SNNCLI``, LightningCLI), without building anything: a YAML syntax error, an unknown option or
-    a value of the wrong type (``--model.T abc``) is an error here instead of on the node."""
-    import argparse
-    import warnings
+    """``args`` (``fit --config ...``) parsed by the training command line's own parser, as the
+    job will run it: a YAML syntax error or a bad option value is an error here, not on the node."""
+    from lightning_snn.cli_check import check_args
 
-    from lightning_snn.cli import SNNCLI
-    from lightning_snn.data import VisionDataModule
-    from lightning_snn.module import SNNModule
-
-    class ParseOnly(SNNCLI):
-        def _set_seed(self) -> None:  # parsing only: leave the global RNG alone
-            pass
-
-        def before_instantiate_classes(self) -> None:
-            pass
-
-        def instantiate_classes(self) -> None:
-            pass
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            pass
-
-    off = {"exit_on_error": False}
     try:
-        with warnings.catch_warnings():  # "args and sys.argv both given": intended here
-            warnings.filterwarnings("ignore", message=".*args parameter is intended")
-            ParseOnly(SNNModule, VisionDataModule, args=args, parser_kwargs={**off, args[0]: off})
-    except argparse.ArgumentError as e:
-        raise SubmitError(f"the training command line rejects the config or the arguments after --: "
-                          f"{one_line(e)} (valid: what `python -m lightning_snn {args[0]} --help` lists)") from e
+        check_args(args)
+    except UsageError as e:
+        raise SubmitError(f"the training command line rejects the config or the arguments after --: {e}") from e
