@@ -268,8 +268,36 @@ def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys):
     path = tmp_path / "job.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
-    with pytest.raises(SystemExit, match="leave out --address"):
-        submit(["--dry-run", "--", "--address", "auto"])
+    assert submit(["--dry-run", "--", "--address", "auto"]) == 2
+    assert "error: the job connects the sweep to its own cluster: leave out --address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--nodes", "0"], "--nodes must be a positive integer, got 0"),
+    (["--time", "2h"], "--time '2h' is not a SLURM time limit"),
+    (["--port", "0"], "--port 0 (valid: 1 to 65535)"),
+    (["--workdir", "nowhere"], "--workdir 'nowhere' does not exist"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "EMPTY"], "an empty search space"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
+      "--model.T=abc"], "Got value: abc"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
+      "--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
+])
+def test_slurm_sweep_job_input_is_checked_like_the_sweep(args, expected, tmp_path, capsys, monkeypatch):
+    import ray
+
+    from tune.slurm_submit import main as submit
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    monkeypatch.chdir(ROOT)
+    argv = ["--dry-run", "--log-dir", str(tmp_path / "logs"), *[str(empty) if a == "EMPTY" else a for a in args]]
+    if "--" not in argv:
+        argv += ["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml"]
+    assert submit(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: ") and out.err.count("\n") == 1 and expected in out.err, out.err
+    assert not ray.is_initialized() and sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]
 
 
 # ----------------------------------------------------------------------------- bad input (no Ray)

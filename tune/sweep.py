@@ -32,8 +32,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from lightning_snn.errors import OneLineArgumentParser, UsageError, run_main
-from tune.space import load_space
-from tune.trial import TrialSpec, make_trainable, trial_args
+from .space import load_space
+from .trial import TrialSpec, make_trainable, trial_args
 
 ARGS_FILE = "sweep_args.json"
 
@@ -186,6 +186,18 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address, **kwargs)
     else:  # "local": a new Ray of its own, even where another one runs on this machine
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+def check(argv: list[str]) -> None:
+    """Everything :func:`run` checks before it starts Ray, without starting it or writing."""
+    own, trial_overrides = split_args(argv)
+    opts = build_parser().parse_args(own)
+    if opts.resume:
+        if not opts.name:
+            raise UsageError("--resume needs --name (valid: the name of an experiment under --storage-path)")
+        return
+    name = opts.name or "check"
+    validate(opts, trial_overrides, name, Path(opts.storage_path).resolve() / name)
 
 
 def run(argv: list[str]) -> tune.ResultGrid:
