@@ -324,3 +324,21 @@ def test_write_beton_existing_file_is_one_line_and_debug_shows_the_traceback(tmp
     assert "Traceback" not in r.stderr and out.read_bytes() == b"earlier"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "LIGHTNING_SNN_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "FileExistsError" in r.stderr
+
+
+def test_a_zeroed_test_split_beton_stops_fit_before_anything_is_written(tmp_path, data_root):
+    betons = tmp_path / "betons"
+    for train in (True, False):
+        write_beton(CIFAR10Unverified(str(data_root), train=train), betons / f"cifar10_{'train' if train else 'test'}_raw.beton")
+    bad = betons / "cifar10_test_raw.beton"
+    data = bytearray(bad.read_bytes())
+    data[:24] = bytes(24)
+    bad.write_bytes(bytes(data))
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    args = ["fit", "--config", "configs/fmnist_mlp_bptt.yaml", f"--data.root={data_root}", "--data.dataset=cifar10",
+            "--data.verify_md5=false", "--data.backend=ffcv", f"--data.beton_dir={betons}", "--data.batch_size=4",
+            "--data.num_workers=1", "--data.val_size=4", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+            f"--trainer.logger.save_dir={logs}", f"--checkpoint.dirpath={ckpt}", "--trainer.enable_progress_bar=false"]
+    with pytest.raises(BetonError, match=f"{bad} is damaged: header says format version 0"):
+        main(args)
+    assert not ckpt.exists() and not logs.exists()
