@@ -33,7 +33,7 @@ from lightning_snn.checkpoints import (
     hparam_mismatch, read_checkpoint, resolve_resume,
 )
 from lightning_snn.data import VisionDataModule
-from lightning_snn.errors import run_main
+from lightning_snn.errors import run_cli
 from lightning_snn.module import SNNModule
 
 
@@ -147,7 +147,7 @@ def command_line(args: list[str] | None = None) -> NoReturn:
             print("interrupted: stopped by SIGTERM", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)
 
-    run_main(run)
+    run_cli(run)
 
 
 # parse errors raise (jsonargparse.ArgumentError) instead of printing the usage text and exiting

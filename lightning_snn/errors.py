@@ -1,38 +1,55 @@
-"""One-line errors for the command line.
+"""One-line errors for the project's command lines.
 
-Bad input (a value out of range, an unknown name, a missing file, an unusable checkpoint, a
-parser error) is reported as ``error: <what> (valid: <choices>)`` with exit status 2 instead of a
-traceback. ``LIGHTNING_SNN_DEBUG=1`` shows the traceback (and the parser's usage text) as well.
+A command's ``main`` raises :class:`UsageError` (or another ``ValueError`` / ``FileNotFoundError``
+of the project's own validation) for bad input; :func:`run_main` turns it into one line on stderr,
+``error: <what> (valid: <choices>)``, and exit status 2, so the message is not buried under a
+traceback. ``--debug`` on the command line or ``LIGHTNING_SNN_DEBUG=1`` in the environment shows the
+traceback instead (the exception propagates unchanged).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from jsonargparse import ArgumentError
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 DEBUG_ENV = "LIGHTNING_SNN_DEBUG"
-EXIT_USAGE = 2
-# errors the project (and its parser) raises for input that cannot work; anything else is a bug
-# or a failure of the machine and keeps its traceback
-USAGE_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ArgumentError,
-    MisconfigurationException,
-)
+USAGE_EXIT = 2
+
+# Exceptions that mean "the input is wrong", as opposed to a bug: printed as one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError, IsADirectoryError, PermissionError)
+# ... and, for the LightningCLI commands, the parser's and Lightning's own configuration errors
+CLI_ERRORS: tuple[type[BaseException], ...] = USER_ERRORS + (ArgumentError, MisconfigurationException)
+
+
+class UsageError(ValueError):
+    """Bad input to a command: the message names the value and what would be valid."""
+
+
+class DataFileError(UsageError, RuntimeError):
+    """A data file that exists but cannot be read (truncated, zeroed, not in the expected format):
+    the message names the file."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser whose usage errors raise :class:`UsageError` (one line through
+    :func:`run_main`) instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (valid: see {self.prog} --help)")
+
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":?')
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 _EXPECTED = re.compile(r"Expected a <class '(\w+)'>\. Got value: (.*)")
-
-
-def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def parser_error_line(message: str) -> str:
@@ -62,22 +79,64 @@ def parser_error_line(message: str) -> str:
     return f"{line} (valid: the options listed by --help)"
 
 
-def error_line(exc: BaseException) -> str:
-    """``error: ...`` in one line for a usage error."""
-    text = parser_error_line(str(exc)) if isinstance(exc, ArgumentError) else str(exc)
-    text = " ".join(text.split()) or type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (newlines of multi-line messages folded to ``; ``); a parser
+    error is reduced to the full option key and the innermost reason."""
+    if isinstance(exc, ArgumentError):
+        return " ".join(parser_error_line(str(exc)).split())
+    text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
-    return f"error: {text}"
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    out = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if line:
+            out += (" " if out.endswith(":") else "; " if out else "") + line
+    return out
 
 
-def run_main(main: Callable[[], Any]) -> NoReturn:
-    """Run ``main``; a usage error becomes one line on stderr and exit status 2."""
+def debug_requested(argv: Sequence[str]) -> bool:
+    """``--debug`` among the arguments or ``LIGHTNING_SNN_DEBUG`` set to a true value."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def run_main(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
+             errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run ``fn(argv)`` (``argv`` without ``--debug``; ``sys.argv[1:]`` by default) and return its
+    exit status; an exception of ``errors`` becomes ``error: <message>`` on stderr and status 2.
+
+    ``argparse`` usage errors already exit with status 2 and one line of their own.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:  # only the command's own options may hold --debug
+        i = argv.index("--")
+        own, rest = argv[:i], argv[i:]
+    else:
+        own, rest = argv, []
+    debug = debug_requested(own)
+    argv = [a for a in own if a != "--debug"] + rest
+    if debug:
+        status = fn(argv)
+        return 0 if status is None else int(status)
+    try:
+        status = fn(argv)
+    except errors as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return USAGE_EXIT
+    return 0 if status is None else int(status)
+
+
+def run_cli(main: Callable[[], Any]) -> NoReturn:
+    """Run a LightningCLI ``main`` (which reads ``sys.argv`` itself); a usage error becomes one line
+    on stderr and exit status 2, with the traceback too when ``LIGHTNING_SNN_DEBUG`` is set."""
     try:
         main()
-    except USAGE_ERRORS as exc:
-        if debug_enabled():
+    except CLI_ERRORS as exc:
+        if debug_requested(()):
             traceback.print_exc()
-        print(error_line(exc), file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        sys.exit(USAGE_EXIT)
     sys.exit(0)

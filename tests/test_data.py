@@ -101,3 +101,56 @@ def test_cutout_erases_a_rectangle_of_mean_in_training_images_only(data_root):
     assert not any(zero_fraction(False, True)) and not any(zero_fraction(True, False))
     with pytest.raises(ValueError, match="cutout is applied by the torchvision back end only"):
         VisionDataModule("cifar10", root=str(data_root), cutout=True, backend="ffcv")
+
+
+def _fmnist_copy(data_root, dest, damage):
+    """Fashion-MNIST under ``dest`` (the train files linked, the test image file copied) with
+    ``damage`` applied to the copy's bytes."""
+    raw = dest / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_root / "FashionMNIST" / "raw").iterdir():
+        if f.name == "t10k-images-idx3-ubyte":
+            (raw / f.name).write_bytes(damage(f.read_bytes()))
+        else:
+            (raw / f.name).symlink_to(f.resolve())
+    return raw / "t10k-images-idx3-ubyte"
+
+
+def test_a_damaged_test_split_stops_fit_before_anything_is_written(tmp_path, data_root):
+    """The test split's file with a zeroed header: fit fails at once naming the file, and the
+    existing checkpoint and log folders stay as they were."""
+    from lightning_snn.cli import main
+    from lightning_snn.data.vision import DataFileError
+
+    bad = _fmnist_copy(data_root, tmp_path / "data", lambda b: bytes(16) + b[16:])
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    ckpt.mkdir()
+    (ckpt / "keep.txt").write_text("earlier run")
+    args = ["fit", "--config", "configs/fmnist_mlp_bptt.yaml", f"--data.root={tmp_path / 'data'}",
+            "--data.num_workers=0", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.save_dir={logs}", f"--checkpoint.dirpath={ckpt}", "--test_after_fit=last"]
+    with pytest.raises(DataFileError, match=f"'fashion_mnist' under .* \\(test split\\): file {bad} is damaged"):
+        main(args)
+    assert [p.name for p in ckpt.iterdir()] == ["keep.txt"] and not logs.exists()
+
+
+def test_a_truncated_test_split_is_named_when_testing(tmp_path, data_root):
+    from lightning_snn.data.vision import DataFileError
+
+    bad = _fmnist_copy(data_root, tmp_path, lambda b: b[: len(b) // 2])
+    dm = VisionDataModule("fashion_mnist", root=str(tmp_path), num_workers=0)
+    with pytest.raises(DataFileError, match=f"file {bad} is damaged"):
+        dm.setup("test")
+
+
+def test_a_truncated_image_in_a_class_folder_is_named(tmp_path, data_root):
+    from lightning_snn.data.vision import DataFileError
+
+    write_image_folder(data_root, tmp_path, size=64)
+    bad = sorted((tmp_path / "imagenet" / "train").rglob("*.JPEG"))[3]
+    bad.write_bytes(bad.read_bytes()[:400])
+    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=20, num_workers=0, augment=False)
+    dm.setup("fit")
+    with pytest.raises(DataFileError, match=f"cannot read image {bad}: OSError: .*[Tt]runcated"):
+        next(iter(dm.train_dataloader()))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torchvision import datasets
@@ -63,6 +64,61 @@ def test_damaged_files_are_named_in_the_error(tmp_path, data_root):
         check_beton(tmp_path / "missing.beton")
 
 
+@pytest.fixture(scope="module")
+def fmnist_beton(tmp_path_factory, data_root):
+    """The real Fashion-MNIST test split (10,000 images) as a ``.beton``, and its data set."""
+    ds = datasets.FashionMNIST(str(data_root), train=False)
+    return write_beton(ds, tmp_path_factory.mktemp("beton") / "fm.beton", gray=True), ds
+
+
+def _layout(path):
+    """(allocation table offset, entry size, end of metadata) read from the file's own header."""
+    from ffcv.reader import Reader
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType
+
+    r = Reader(str(path))
+    meta_end = HeaderType.itemsize + r.num_fields * FieldDescType.itemsize + r.num_samples * r.metadata_type.itemsize
+    return int(r.header["alloc_table_ptr"]), ALLOC_TABLE_TYPE.itemsize, meta_end
+
+
+@pytest.mark.parametrize("cut", ["one_entry", "1000_entries", "mid_entry", "table_start", "data", "metadata",
+                                 "header"])
+def test_every_truncation_is_detected(cut, fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    data = good.read_bytes()
+    table, entry, meta_end = _layout(good)
+    keep = {"one_entry": len(data) - entry, "1000_entries": len(data) - 1000 * entry,
+            "mid_entry": len(data) - 5, "table_start": table, "data": (meta_end + table) // 2,
+            "metadata": meta_end - 100, "header": 10}[cut]
+    bad = tmp_path / f"cut_{cut}.beton"
+    bad.write_bytes(data[:keep])
+    with pytest.raises(BetonError, match=f"{bad} is damaged: .*write it again"):
+        check_beton(bad)
+
+
+@pytest.mark.parametrize("zeroed", ["header", "table", "one_entry", "metadata_pointer"])
+def test_zeroed_header_or_allocation_table_is_detected(zeroed, fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    data = bytearray(good.read_bytes())
+    table, entry, meta_end = _layout(good)
+    span = {"header": (0, 24), "table": (table, len(data)), "one_entry": (table + 500 * entry, table + 501 * entry),
+            "metadata_pointer": (meta_end - 16, meta_end - 8)}[zeroed]  # last sample: (image ptr, label)
+    data[span[0]:span[1]] = bytes(span[1] - span[0])
+    bad = tmp_path / f"zeroed_{zeroed}.beton"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BetonError, match=f"{bad} is damaged"):
+        check_beton(bad)
+
+
+def test_appended_bytes_are_detected(fmnist_beton, tmp_path):
+    good, _ = fmnist_beton
+    bad = tmp_path / "longer.beton"
+    bad.write_bytes(good.read_bytes() + bytes(24))
+    with pytest.raises(BetonError, match="extra bytes at the end"):
+        check_beton(bad)
+    assert check_beton(good) == 10_000
+
+
 def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
     ds = CIFAR10Unverified(str(data_root), train=False)
     path = write_beton(ds, tmp_path / "c.beton")
@@ -84,6 +140,75 @@ def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
                                            "sample 13: OSError: unreadable image 13"):
         write_beton(Broken(), tmp_path / "broken.beton", num_workers=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]
+
+
+FULL_DISK_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    from lightning_snn.data.ffcv import write_beton
+
+    class Big:  # 48 samples of 1 MiB: 6 of FFCV's 8 MiB pages, more than the file system holds
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            return np.full((1024, 1024), i, dtype=np.uint8), i
+
+    folder = sys.argv[1]
+    start = time.monotonic()
+    try:
+        write_beton(Big(), os.path.join(folder, "big.beton"), gray=True, num_workers=2)
+        print("written")
+    except OSError as e:
+        print(f"OSError after {time.monotonic() - start:.1f} s: {e}")
+    print("left:", sorted(os.listdir(folder)))
+""")
+
+
+def _run_full_disk(tmp_path, folder, prefix=(), **kw):
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([*prefix, sys.executable, str(script), str(folder)], capture_output=True, text=True,
+                       timeout=120, env=env, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_write_onto_a_full_disk_fails_promptly_and_leaves_nothing(tmp_path):
+    """A real 12 MiB tmpfs (in a private mount namespace): a writer process hits ENOSPC."""
+    import shutil
+
+    folder = tmp_path / "small_fs"
+    folder.mkdir()
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=12m tmpfs {folder}"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here: {probe.stderr.decode().strip()}")
+    out = _run_full_disk(tmp_path, folder, prefix=(
+        "unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+        f'mount -t tmpfs -o size=12m tmpfs {folder} && exec "$0" "$@"'))
+    assert "No space left on device" in out and "big.beton" in out, out
+    assert "left: []" in out, out
+
+
+@pytest.mark.slow
+def test_write_past_the_file_size_limit_fails_and_leaves_nothing(tmp_path):
+    """RLIMIT_FSIZE (with SIGXFSZ ignored, writes past it fail with EFBIG) in the writer's processes."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12 << 20, 12 << 20))
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = _run_full_disk(tmp_path, folder, preexec_fn=limit)
+    assert "OSError after" in out and "big.beton" in out and "File too large" in out, out
+    assert "left: []" in out, out
+    assert sorted(p.name for p in folder.iterdir()) == []
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -169,3 +294,51 @@ def test_imagenet_style_folder_to_jpeg_beton(tmp_path, data_root):
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
     xv, _ = next(iter(dm.val_dataloader()))  # centre crop
     assert xv.shape == (4, 3, 224, 224)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--root=data"], "give exactly one of --dataset or --image_folder (valid data sets: cifar10, cifar100, "),
+    (["--dataset=nmnist"], "--dataset 'nmnist' cannot be written to a .beton (valid: cifar10, "),
+    (["--dataset=cifar10", "--num_workers=0"], "--num_workers 0 (valid: an integer >= 1)"),
+    (["--dataset=cifar10", "--jpeg_quality=101"], "--jpeg_quality 101 (valid: 1 to 100)"),
+    (["--image_folder=nowhere"], "--image_folder nowhere does not exist"),
+])
+def test_write_beton_bad_input_is_one_line(args, expected, tmp_path, capsys):
+    from lightning_snn.data.write_beton import cli
+
+    assert cli([f"--out={tmp_path / 'x.beton'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_beton_existing_file_is_one_line_and_debug_shows_the_traceback(tmp_path, data_root):
+    out = tmp_path / "c.beton"
+    out.write_bytes(b"earlier")
+    cmd = [sys.executable, "-m", "lightning_snn.data.write_beton", "--dataset=cifar10", f"--root={data_root}",
+           f"--out={out}", "--verify_md5=false"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: {out} exists; pass overwrite=True (--overwrite) to replace it"), r.stderr
+    assert "Traceback" not in r.stderr and out.read_bytes() == b"earlier"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "LIGHTNING_SNN_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "FileExistsError" in r.stderr
+
+
+def test_a_zeroed_test_split_beton_stops_fit_before_anything_is_written(tmp_path, data_root):
+    betons = tmp_path / "betons"
+    for train in (True, False):
+        write_beton(CIFAR10Unverified(str(data_root), train=train), betons / f"cifar10_{'train' if train else 'test'}_raw.beton")
+    bad = betons / "cifar10_test_raw.beton"
+    data = bytearray(bad.read_bytes())
+    data[:24] = bytes(24)
+    bad.write_bytes(bytes(data))
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    args = ["fit", "--config", "configs/fmnist_mlp_bptt.yaml", f"--data.root={data_root}", "--data.dataset=cifar10",
+            "--data.verify_md5=false", "--data.backend=ffcv", f"--data.beton_dir={betons}", "--data.batch_size=4",
+            "--data.num_workers=1", "--data.val_size=4", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+            f"--trainer.logger.save_dir={logs}", f"--checkpoint.dirpath={ckpt}", "--trainer.enable_progress_bar=false"]
+    with pytest.raises(BetonError, match=f"{bad} is damaged: header says format version 0"):
+        main(args)
+    assert not ckpt.exists() and not logs.exists()

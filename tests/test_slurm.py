@@ -307,3 +307,56 @@ def test_unknown_partition_names_the_ones_sinfo_reports(slurm_cluster, tmp_path,
     assert code == 2 and out == ""
     assert f"unknown partition 'gpu-huge'; partitions on this cluster (sinfo): {slurm_cluster}" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--", "--model.T", "abc"], 'Parser key "model.T": Expected a <class \'int\'>. Got value: abc'),
+    (["--", "--model.no_such_option=1"], "no_such_option"),
+    (["--config", "BAD_YAML"], "Problems parsing config"),
+])
+def test_training_arguments_are_parsed_by_the_jobs_parser_before_rendering(args, expected, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # a dry run needs no cluster
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  T: [4\n")  # a YAML syntax error
+    opts = ["--config", str(CONFIG), "--time", "10", "--partition", "debug", "--dry-run",
+            "--output-dir", str(tmp_path / "runs")]
+    code, out, err = submit(capsys, *opts, *[str(bad) if a == "BAD_YAML" else a for a in args])
+    assert code == 2 and out == ""
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: the training command line rejects") and expected in line, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_dry_run_with_sinfo_but_no_reachable_controller_prints_the_script(tmp_path, capsys, monkeypatch):
+    """The real ``sinfo``, pointed (SLURM_CONF) at a controller address where nothing listens."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("SLURM's client tools are not installed")
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort={port}\n"
+                    "AuthType=auth/none\nNodeName=localhost CPUs=1\nPartitionName=debug Nodes=localhost\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    opts = ["--config", str(CONFIG), "--time", "10", "--partition", "debug", "--output-dir", str(tmp_path / "runs")]
+    code, out, err = submit(capsys, *opts, "--dry-run")
+    assert code == 0 and "#SBATCH --partition=debug" in out, err
+    assert "warning: partition 'debug' not checked: sinfo failed" in err
+    code, out, err = submit(capsys, *opts)  # a real submit still needs the controller
+    assert code == 2 and out == "" and err.startswith("error: sinfo failed") and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_usage_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LIGHTNING_SNN_DEBUG", None)
+    cmd = [sys.executable, "-m", "lightning_snn.slurm", "submit", "--config", str(CONFIG), "--time", "2h",
+           "--partition", "debug", "--dry-run"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --time '2h' is not a SLURM time limit")
+    r = subprocess.run([*cmd[:3], "submit", "--nodes", "x"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--nodes: invalid int value: 'x'" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "SubmitError" in r.stderr

@@ -268,5 +268,62 @@ def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys):
     path = tmp_path / "job.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
-    with pytest.raises(SystemExit, match="leave out --address"):
-        submit(["--dry-run", "--", "--address", "auto"])
+    assert submit(["--dry-run", "--", "--address", "auto"]) == 2
+    assert "error: the job connects the sweep to its own cluster: leave out --address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--nodes", "0"], "--nodes must be a positive integer, got 0"),
+    (["--time", "2h"], "--time '2h' is not a SLURM time limit"),
+    (["--port", "0"], "--port 0 (valid: 1 to 65535)"),
+    (["--workdir", "nowhere"], "--workdir 'nowhere' does not exist"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "EMPTY"], "an empty search space"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
+      "--model.T=abc"], "Got value: abc"),
+    (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
+      "--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
+])
+def test_slurm_sweep_job_input_is_checked_like_the_sweep(args, expected, tmp_path, capsys, monkeypatch):
+    import ray
+
+    from tune.slurm_submit import main as submit
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    monkeypatch.chdir(ROOT)
+    argv = ["--dry-run", "--log-dir", str(tmp_path / "logs"), *[str(empty) if a == "EMPTY" else a for a in args]]
+    if "--" not in argv:
+        argv += ["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml"]
+    assert submit(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: ") and out.err.count("\n") == 1 and expected in out.err, out.err
+    assert not ray.is_initialized() and sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]
+
+
+# ----------------------------------------------------------------------------- bad input (no Ray)
+@pytest.mark.parametrize("space, args, expected", [
+    ("", [], "an empty search space (valid: a mapping of dotted config keys"),
+    ("model.neuron.thresh: {uniform: [0.5, 2.0]}", [], "Option 'thresh' is not accepted"),
+    ("model.T: {choice: [abc]}", [], 'Parser key "model.T": Expected a <class \'int\'>. Got value: abc'),
+    ("model.lr: {uniform: [1]}", [], "space key 'model.lr': {'uniform': [1]} is not a valid distribution"),
+    ("model.T: {choice: [2]}", ["--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
+    ("model.T: {choice: [2]}", ["--config", "configs/nope.yaml"], "--config 'configs/nope.yaml' does not exist"),
+    ("model.T: {choice: [2]}", ["--config", ""], "--config is required"),
+    ("model.T: {choice: [2]}", ["--metric", "val/acc5"], "--metric 'val/acc5' is not reported by the trials "
+                                                         "(valid: val/acc, val/loss, train/loss)"),
+    ("model.T: {choice: [2]}", ["--", "--model.T=abc"], "Got value: abc"),
+    ("model.T: {choice: [2]}", ["--num-samples", "x"], "--num-samples: invalid int value: 'x'"),
+])
+def test_bad_sweep_input_is_one_line_before_ray_starts(space, args, expected, tmp_path, capsys):
+    import ray
+
+    from tune.sweep import main
+
+    f = tmp_path / "space.yaml"
+    f.write_text(space)
+    storage = tmp_path / "tune"
+    argv = ["--config", str(ROOT / "configs" / "fmnist_mlp_bptt.yaml"), "--space", str(f), "--name", "bad", "--storage-path", str(storage)]
+    assert main([*argv, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not ray.is_initialized() and not storage.exists()

@@ -27,6 +27,17 @@ _FLOAT_PAIRS = {"uniform": tune.uniform, "loguniform": tune.loguniform}
 
 
 def _domain(key: str, spec: Any) -> Any:
+    try:
+        return _make_domain(key, spec)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith("space key"):
+            raise
+        raise ValueError(f"space key {key!r}: {spec} is not a valid distribution ({e}); valid: "
+                         "uniform/loguniform [lo, hi], quniform [lo, hi, q], randint [lo, hi), "
+                         "choice / grid [values]") from e
+
+
+def _make_domain(key: str, spec: Any) -> Any:
     if not isinstance(spec, dict):
         return spec  # constant
     if len(spec) != 1:
@@ -53,9 +64,13 @@ def _domain(key: str, spec: Any) -> Any:
 
 def load_space(path: str | Path) -> dict[str, Any]:
     """Read a space file into a Tune ``param_space`` (flat dict keyed by dotted config keys)."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a search space is a mapping of dotted config keys to distributions")
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not raw or not isinstance(raw, dict):
+        raise ValueError(f"{path}: {'an empty' if not raw else 'not a'} search space (valid: a mapping of "
+                         "dotted config keys to distributions, e.g. `model.neuron.threshold: {uniform: [0.5, 2.0]}`)")
     for key in raw:
         if key.split(".")[0] not in {"model", "data", "trainer", "seed_everything"}:
             raise ValueError(f"{path}: {key!r} is not a config option (model.*, data.*, trainer.*)")

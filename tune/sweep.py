@@ -8,6 +8,12 @@ are kept, unfinished ones continue from their last checkpoint.
 
 Options after ``--`` (or any ``--model.*``, ``--data.*``, ``--trainer.*`` option) are passed to every
 trial's command line, e.g. ``-- --trainer.limit_train_batches=50 --data.num_workers=0``.
+
+Everything is checked before Ray starts and before anything is written: the launcher's options, the
+space file (not empty, known distributions), and a trial's whole command line (the config, the
+options after ``--`` and a sample of every space key) parsed by the training command line's own
+parser. Bad input is one line on stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``:
+the traceback).
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from tune.space import load_space
-from tune.trial import TrialSpec, make_trainable
+from lightning_snn.errors import OneLineArgumentParser, UsageError, run_main
+from .space import load_space
+from .trial import TrialSpec, make_trainable, trial_args
 
 ARGS_FILE = "sweep_args.json"
 
@@ -39,12 +46,14 @@ def parse_resources(text: str) -> dict[str, float]:
         if not value:
             raise argparse.ArgumentTypeError(f"resources: expected key=value, got {part!r}")
         out[key.strip()] = float(value)
+        if not out[key.strip()] >= 0:
+            raise argparse.ArgumentTypeError(f"resources: {part!r} is negative (valid: amounts >= 0)")
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog="python -m tune.sweep", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="experiment config (YAML of python -m lightning_snn fit)")
     p.add_argument("--space", help="search space YAML (tune/spaces/*.yaml)")
     p.add_argument("--num-samples", type=int, default=4, help="trials (per grid point)")
@@ -100,7 +109,8 @@ def make_search(kind: str, metric: str, mode: str, seed: int, max_concurrent: in
         from ray.tune.search.optuna import OptunaSearch
         import optuna  # noqa: F401
     except ImportError as exc:  # pragma: no cover - optuna is in requirements.txt
-        raise SystemExit(f"--search optuna needs the optuna package (pip install optuna): {exc}")
+        raise UsageError(f"--search optuna needs the optuna package (pip install optuna): {exc} "
+                         "(valid: --search random without it)")
     import optuna
 
     search = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=seed))
@@ -119,6 +129,52 @@ def _spec(opts: argparse.Namespace, trial_overrides: list[str], name: str, exp_d
     )
 
 
+def _at_least(name: str, value: int | None, low: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if value is None or value < low:
+        raise UsageError(f"{name} {value} (valid: an integer >= {low})")
+
+
+def _sample(domain: Any) -> Any:
+    """One value of a space entry: a sample of a distribution, the first grid value, a constant."""
+    if isinstance(domain, dict) and "grid_search" in domain:
+        return domain["grid_search"][0]
+    return domain.sample() if hasattr(domain, "sample") else domain
+
+
+def validate(opts: argparse.Namespace, trial_overrides: list[str], name: str, exp_dir: Path
+             ) -> tuple[TrialSpec, dict[str, Any]]:
+    """Check every option and a trial's command line before Ray starts; the spec and the space."""
+    for flag, value in (("--config", opts.config), ("--space", opts.space)):
+        if not value:
+            raise UsageError(f"{flag} is required (valid: --config configs/<x>.yaml --space "
+                             "tune/spaces/<y>.yaml, or --resume --name <name>)")
+        if not Path(value).is_file():
+            raise UsageError(f"{flag} {value!r} does not exist (valid: a YAML file)")
+    _at_least("--num-samples", opts.num_samples, 1)
+    _at_least("--max-epochs", opts.max_epochs, 1, none_ok=True)
+    _at_least("--grace-period", opts.grace_period, 1)
+    _at_least("--max-failures", opts.max_failures, 0)
+    _at_least("--max-concurrent", opts.max_concurrent, 0)
+    _at_least("--num-cpus", opts.num_cpus, 1, none_ok=True)
+    if (exp_dir / ARGS_FILE).exists():
+        raise UsageError(f"{exp_dir} holds a sweep already (valid: --resume it or pick another --name)")
+    spec = _spec(opts, trial_overrides, name, exp_dir)
+    if opts.metric not in spec.metrics:
+        raise UsageError(f"--metric {opts.metric!r} is not reported by the trials (valid: {', '.join(spec.metrics)})")
+    space = load_space(opts.space)
+    sample = {key: _sample(domain) for key, domain in space.items()}
+    from lightning_snn.cli_check import check_args
+
+    try:  # the trial's own command line, with one sample of every space key
+        check_args(trial_args(spec, sample, str(exp_dir / "trials" / "check"), "check", "check"))
+    except UsageError as e:
+        raise UsageError(f"a trial's command line (the config, the options after --, the space "
+                         f"{opts.space}) is rejected: {e}") from e
+    return spec, space
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to a cluster (``address``) or start a local Ray limited to ``num_cpus``."""
     if ray.is_initialized():
@@ -132,17 +188,30 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
+def check(argv: list[str]) -> None:
+    """Everything :func:`run` checks before it starts Ray, without starting it or writing."""
+    own, trial_overrides = split_args(argv)
+    opts = build_parser().parse_args(own)
+    if opts.resume:
+        if not opts.name:
+            raise UsageError("--resume needs --name (valid: the name of an experiment under --storage-path)")
+        return
+    name = opts.name or "check"
+    validate(opts, trial_overrides, name, Path(opts.storage_path).resolve() / name)
+
+
 def run(argv: list[str]) -> tune.ResultGrid:
     own, trial_overrides = split_args(argv)
     opts = build_parser().parse_args(own)
     storage = Path(opts.storage_path).resolve()
     if opts.resume:
         if not opts.name:
-            raise SystemExit("--resume needs --name (the experiment to continue)")
+            raise UsageError("--resume needs --name (valid: the name of an experiment under --storage-path)")
         exp_dir = storage / opts.name
         saved_file = exp_dir / ARGS_FILE
         if not saved_file.is_file():
-            raise SystemExit(f"--resume: {saved_file} not found; nothing to resume under {exp_dir}")
+            raise UsageError(f"--resume: {saved_file} not found; nothing to resume under {exp_dir} "
+                             f"(valid: an experiment name under {storage})")
         saved = json.loads(saved_file.read_text())
         spec = TrialSpec(**saved["spec"])
         start_ray(opts.address or saved.get("address"), opts.num_cpus or saved.get("num_cpus"))
@@ -151,14 +220,10 @@ def run(argv: list[str]) -> tune.ResultGrid:
                                    resume_errored=False, restart_errored=opts.restart_errored)
         metric, mode = saved["metric"], saved["mode"]
     else:
-        if not (opts.config and opts.space):
-            raise SystemExit("--config and --space are required (or --resume --name <name>)")
         name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
         exp_dir = storage / name
-        if (exp_dir / ARGS_FILE).exists():
-            raise SystemExit(f"{exp_dir} holds a sweep already: --resume it or pick another --name")
-        spec = _spec(opts, trial_overrides, name, exp_dir)
-        space = load_space(opts.space)
+        spec, space = validate(opts, trial_overrides, name, exp_dir)
+        search = make_search(opts.search, opts.metric, opts.mode, opts.seed, opts.max_concurrent)
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / ARGS_FILE).write_text(json.dumps({
             "argv": argv, "spec": asdict(spec), "resources": opts.resources_per_trial,
@@ -173,8 +238,7 @@ def run(argv: list[str]) -> tune.ResultGrid:
             tune_config=tune.TuneConfig(
                 metric=opts.metric, mode=opts.mode, num_samples=opts.num_samples,
                 scheduler=make_scheduler(opts.scheduler, opts.max_epochs, opts.grace_period),
-                search_alg=make_search(opts.search, opts.metric, opts.mode, opts.seed,
-                                       opts.max_concurrent),
+                search_alg=search,
                 max_concurrent_trials=opts.max_concurrent or None,
                 reuse_actors=False,  # a fresh worker per trial: no state (W&B run, seeds) carried over
             ),
@@ -218,10 +282,16 @@ def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> N
     print(f"best checkpoint: {summary['checkpoint']}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    results = run(sys.argv[1:] if argv is None else argv)
+def sweep(argv: list[str]) -> int:
+    """Run the sweep; 0 if at least one trial finished, else 1."""
+    results = run(argv)
     ray.shutdown()
     return 0 if len(results) > results.num_errors else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input is one line on stderr and exit status 2, before Ray starts."""
+    return run_main(sweep, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import tune
 
-from tune.space import to_overrides
+from .space import to_overrides
 
 REPORT_CALLBACK = "ray.tune.integration.pytorch_lightning.TuneReportCheckpointCallback"
 RATE_CALLBACK = "lightning_snn.callbacks.FiringRateMonitor"

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_snn.errors import DataFileError, UsageError
+
 Pipeline = Literal["cifar", "imagenet", "gray"]
 
 
-class BetonError(ValueError):
+class BetonError(UsageError):
     """A ``.beton`` file that is missing, truncated or not an FFCV file."""
 
 
@@ -95,6 +97,87 @@ class _Adapter:
             return self.placeholder, 0
 
 
+def _worker(work_fn: Any, errors: Any, *args: Any) -> None:
+    """An FFCV writer process that reports why it died (e.g. ``ENOSPC`` writing a page)."""
+    try:
+        work_fn(*args)
+    except BaseException as e:
+        errors.put(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _supervised_writer() -> type:
+    """FFCV's ``DatasetWriter`` whose parent notices a dead worker.
+
+    FFCV's parent waits for a sample counter to reach the data set length and then for every
+    worker's allocation list; a worker that dies (a full disk, a killed process) leaves both waits
+    hanging forever. This version polls the workers while it waits, stops the others when one
+    fails, frees the shared metadata and raises ``OSError`` with the worker's error.
+    """
+    from multiprocessing import Process, Queue, Value
+    import ctypes
+    import queue as queue_mod
+    import time
+
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.writer import DatasetWriter
+
+    class SupervisedWriter(DatasetWriter):
+        def _write_common(self, num_samples: int, queue_content: Any, work_fn: Any,
+                          extra_worker_args: tuple) -> None:
+            self.num_samples = num_samples
+            self.prepare()
+            work: Queue = Queue()
+            for todo in queue_content:
+                work.put(todo)
+            for _ in range(self.num_workers):
+                work.put(None)
+            allocations: Queue = Queue()
+            errors: Queue = Queue()
+            done = Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
+                    allocations, *extra_worker_args)
+            procs = [Process(target=_worker, args=(work_fn, errors, *args)) for _ in range(self.num_workers)]
+
+            def check() -> None:
+                failed = [p for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    try:
+                        reason = errors.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        reason = f"exit code {failed[0].exitcode}"
+                    raise OSError(f"an FFCV writer process failed writing {self.fname}: {reason}")
+
+            try:
+                for p in procs:
+                    p.start()
+                while done.value < self.num_samples:
+                    check()
+                    time.sleep(0.05)
+                collected: list = []
+                for _ in procs:  # the last page is written after the count is complete
+                    while True:
+                        try:
+                            collected.extend(allocations.get(timeout=0.2))
+                            break
+                        except queue_mod.Empty:
+                            check()
+                for p in procs:
+                    p.join()
+                check()
+                self.finalize(collected)
+            finally:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                        p.join()
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+    return SupervisedWriter
+
+
 def write_beton(
     dataset: Any,
     path: str | os.PathLike,
@@ -116,7 +199,6 @@ def write_beton(
     """
     _require_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -136,11 +218,16 @@ def write_beton(
             write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
         )
     try:
-        writer = DatasetWriter(str(tmp), {"image": image_field, "label": IntField()}, num_workers=num_workers)
+        writer = _supervised_writer()(str(tmp), {"image": image_field, "label": IntField()},
+                                      num_workers=num_workers)
         writer.from_indexed_dataset(adapted)
         if errors.exists():
             lines = errors.read_text().splitlines()
-            raise RuntimeError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
+            raise DataFileError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
+        try:  # FFCV ignores short writes: the finished file must be complete before it is used
+            check_beton(tmp)
+        except BetonError as e:
+            raise OSError(f"writing {path} failed: {e}") from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -148,29 +235,105 @@ def write_beton(
     return path
 
 
-def check_beton(path: str | os.PathLike) -> int:
-    """Validate a ``.beton`` file's header and tables against its size; return its length.
+def _pointer_columns(reader: Any) -> list[tuple[str, str | None, Any]]:
+    """``(metadata column, sub-field or None, handler)`` of every field that stores its data in
+    the data region (one allocation per sample each); scalar fields (int, float) store none."""
+    from ffcv.fields import BytesField, NDArrayField, RGBImageField
 
-    Raises ``FileNotFoundError`` or ``BetonError`` (naming the file) instead of letting a damaged
-    file fail later inside compiled loader code.
+    out: list[tuple[str, str | None, Any]] = []
+    for column, handler in zip(reader.metadata.dtype.names, reader.handlers.values()):
+        if isinstance(handler, RGBImageField):
+            out.append((column, "data_ptr", handler))
+        elif isinstance(handler, BytesField):  # JSONField too
+            out.append((column, "ptr", handler))
+        elif isinstance(handler, NDArrayField):  # TorchTensorField too
+            out.append((column, None, handler))
+    return out
+
+
+def check_beton(path: str | os.PathLike) -> int:
+    """Validate a ``.beton`` file against its own metadata; return its number of samples.
+
+    The layout is ``header | field descriptors | per-sample metadata | data pages | allocation
+    table`` (the table, ``(sample_id, ptr, size)`` per allocation, is written last). Checked: the
+    header (format version, page size, sample count), that the file ends exactly where the
+    allocation table of ``num_samples x (fields with data)`` entries ends (any truncation or
+    appended bytes), and that every sample's data pointer in the metadata has its own entry in the
+    table, whose range lies inside the data region (a zeroed header, metadata or table). FFCV's
+    reader would otherwise map a sample whose entry is missing to another sample's data silently.
+
+    Raises ``FileNotFoundError`` or ``BetonError`` (naming the file and what is wrong).
     """
     _require_ffcv()
     from ffcv.reader import Reader
+    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
+    from ffcv.writer import MAX_PAGE_SIZE, MIN_PAGE_SIZE
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FFCV file {path} does not exist")
     size = path.stat().st_size
+    fix = "write it again (python -m lightning_snn.data.write_beton ... --overwrite)"
+
+    def bad(what: str) -> BetonError:
+        return BetonError(f"{path} is damaged: {what}; {fix}")
+
+    if size < HeaderType.itemsize:
+        raise bad(f"{size} bytes, shorter than an FFCV header ({HeaderType.itemsize} bytes)")
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    version, page = int(header["version"]), int(header["page_size"])
+    n, n_fields, table_ptr = int(header["num_samples"]), int(header["num_fields"]), int(header["alloc_table_ptr"])
+    if version != CURRENT_VERSION:
+        raise bad(f"header says format version {version}, expected {CURRENT_VERSION} "
+                  "(a zeroed header or not an FFCV file)")
+    if page & (page - 1) or not MIN_PAGE_SIZE <= page < MAX_PAGE_SIZE:
+        raise bad(f"header page size {page} is not a power of 2 in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE})")
+    if n == 0 or n_fields == 0:
+        raise bad(f"header lists {n} samples and {n_fields} fields")
+    if HeaderType.itemsize + n_fields * FieldDescType.itemsize > size:
+        raise bad(f"{size} bytes, too short for the {n_fields} field descriptors its header lists")
     try:
         reader = Reader(str(path))
-    except Exception as e:  # header, descriptors or tables unreadable
-        raise BetonError(f"{path} is not a readable FFCV .beton file ({type(e).__name__}: {e})") from e
-    table = reader.alloc_table
-    if len(reader.metadata) != reader.num_samples or int(reader.header["alloc_table_ptr"]) > size:
-        raise BetonError(f"{path} is truncated: its header lists {reader.num_samples} samples")
-    if len(table) and int((table["ptr"] + table["size"]).max()) > size:
-        raise BetonError(f"{path} is truncated: sample data runs past the end of the file ({size} bytes)")
-    return int(reader.num_samples)
+    except Exception as e:  # field descriptors unreadable
+        raise bad(f"field descriptors unreadable ({type(e).__name__}: {e})") from e
+    meta_end = HeaderType.itemsize + n_fields * FieldDescType.itemsize + n * reader.metadata_type.itemsize
+    if not meta_end <= table_ptr <= size:
+        raise bad(f"allocation table at byte {table_ptr}, outside [{meta_end}, {size}] "
+                  f"(metadata of {n} samples ends at {meta_end}; file has {size} bytes)")
+    columns = _pointer_columns(reader)
+    expected = table_ptr + n * len(columns) * ALLOC_TABLE_TYPE.itemsize
+    if size != expected:
+        raise bad(f"{size} bytes, but its {n} samples and allocation table end at byte {expected} "
+                  f"({'truncated' if size < expected else 'extra bytes at the end'})")
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, count=n * len(columns), offset=table_ptr)
+    if not len(columns):
+        return n
+    sid, ptr, length = (table[k].astype(np.int64) for k in ("sample_id", "ptr", "size"))
+    outside = (sid >= n) | (ptr < meta_end) | (ptr + length > table_ptr)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise bad(f"{int(outside.sum())} allocation entries point outside the data region "
+                  f"[{meta_end}, {table_ptr}) or past sample {n - 1}, e.g. entry {i}: sample "
+                  f"{int(sid[i])}, bytes {int(ptr[i])}+{int(length[i])}")
+    order = np.argsort(ptr, kind="stable")
+    sorted_ptr = ptr[order]
+    if len(sorted_ptr) > 1 and (np.diff(sorted_ptr) < length[order][:-1]).any():
+        raise bad("allocation entries overlap")
+    for column, sub, handler in columns:
+        want = reader.metadata[column]
+        want = (want[sub] if sub else want).astype(np.int64)
+        at = np.searchsorted(sorted_ptr, want).clip(0, len(sorted_ptr) - 1)
+        entry = order[at]
+        missing = (sorted_ptr[at] != want) | (sid[entry] != np.arange(n))
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            raise bad(f"{int(missing.sum())} of {n} samples have no allocation entry for field "
+                      f"{reader.field_names[reader.metadata.dtype.names.index(column)]!r} at the "
+                      f"address their metadata gives, e.g. sample {i} (byte {int(want[i])})")
+        element = getattr(handler, "element_size", None)
+        if sub is None and element is not None and (length[entry] != element).any():
+            raise bad(f"allocation sizes differ from the field's {element} bytes per sample")
+    return n
 
 
 class NormalizeBatch(nn.Module):

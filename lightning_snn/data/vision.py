@@ -25,7 +25,17 @@ from torchvision.transforms import v2
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
+from lightning_snn.errors import DataFileError
 from lightning_snn.registry import Registry
+
+
+def named_image_loader(path: str) -> Any:
+    """torchvision's PIL loader for class-folder images, naming the file that cannot be decoded
+    (PIL's "image file is truncated" does not)."""
+    try:
+        return datasets.folder.pil_loader(path)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
+        raise DataFileError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ def imagenet_folder(root: str, train: bool, download: bool, transform: Callable 
     split = Path(root) / ("train" if train else "val")
     if not split.is_dir():
         raise RuntimeError(f"{split} does not exist (expected ImageFolder class sub-folders)")
-    return datasets.ImageFolder(str(split), transform=transform)
+    return datasets.ImageFolder(str(split), transform=transform, loader=named_image_loader)
 
 
 def _event_spec(reader: Callable[..., Dataset], folder: str, fmt: EventFormat) -> DatasetSpec:
@@ -216,6 +226,7 @@ class VisionDataModule(pl.LightningDataModule):
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
+        self._opened: dict[tuple[bool, bool], Dataset] = {}  # (train, augment) -> opened split
 
     @property
     def num_classes(self) -> int:
@@ -245,8 +256,43 @@ class VisionDataModule(pl.LightningDataModule):
         try:
             return self._reader()(str(root), train=train, download=hp.download,
                                   transform=v2.Compose(tf) if transform else None)
-        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-            raise RuntimeError(f"cannot read data set {hp.dataset!r} under {root}: {e}") from e
+        except DataFileError:
+            raise
+        except (RuntimeError, AssertionError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+            # torchvision: "Dataset not found or corrupted", a bare AssertionError for an MNIST
+            # file with a bad header, an unpickling error for a damaged CIFAR batch
+            bad = self._unreadable_file(train)
+            what = f"file {bad} is damaged or not in its format, " if bad else ""
+            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise DataFileError(f"cannot read data set {hp.dataset!r} under {root} ({'train' if train else 'test'} "
+                                f"split): {what}{detail}") from e
+
+    def _unreadable_file(self, train: bool) -> Path | None:
+        """The file of the MNIST / CIFAR family that fails to read on its own, if one does."""
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        cls = self._reader()
+        base = Path(self.hparams.root).expanduser() / self.spec.folder
+        if isinstance(cls, type) and issubclass(cls, datasets.MNIST):
+            prefix = "train" if train else "t10k"
+            checks = [(base / "raw" / f"{prefix}-images-idx3-ubyte", read_image_file),
+                      (base / "raw" / f"{prefix}-labels-idx1-ubyte", read_label_file)]
+        elif isinstance(cls, type) and issubclass(cls, datasets.CIFAR10):  # CIFAR-100 too
+            names = [n for n, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+
+            def unpickle(path: str) -> Any:
+                with open(path, "rb") as f:
+                    return pickle.load(f, encoding="latin1")
+
+            checks = [(base / n, unpickle) for n in names]
+        else:
+            return None
+        for path, read in checks:
+            try:
+                read(str(path))
+            except Exception:
+                return path
+        return None
 
     def beton_path(self, train: bool) -> Path:
         hp = self.hparams
@@ -265,6 +311,22 @@ class VisionDataModule(pl.LightningDataModule):
                                 write_mode=self.hparams.ffcv_write_mode,
                                 max_resolution=self.hparams.ffcv_max_resolution,
                                 num_workers=max(1, self.hparams.num_workers))
+        # Lightning calls this before any logger or checkpoint directory is created: a damaged
+        # file of any split stops the run here, with nothing written.
+        self._check_splits(self.trainer.state.fn if self.trainer is not None else None)
+
+    def _check_splits(self, stage: str | None) -> None:
+        """Open (and for FFCV, check) every split ``stage`` uses: fit and validate use the
+        training and the test split (the test after fit too), test / predict the test split."""
+        splits = (False,) if stage in ("test", "predict") else (True, False)
+        if self.backend == "ffcv":
+            for train in (True, False):
+                check_beton(self.beton_path(train))
+            return
+        for train in splits:
+            key = (train, train and self.hparams.augment)
+            if key not in self._opened:
+                self._opened[key] = self._open(train=train, augment=key[1])
 
     def _split(self, n: int) -> tuple[list[int], list[int]]:
         """Training and validation indices of the training split (``val_size`` held out)."""
@@ -276,20 +338,19 @@ class VisionDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        self._check_splits(stage)  # every split before anything runs, on every rank
         if self.backend == "ffcv":
-            for train in (True, False):
-                check_beton(self.beton_path(train))
             return
         if stage in ("fit", "validate", None) and self.data_train is None:
-            train = self._open(train=True, augment=hp.augment)
+            train = self._opened[(True, hp.augment)]
             if hp.val_size:
                 train_idx, val_idx = self._split(len(train))
                 self.data_train = Subset(train, train_idx)
                 self.data_val = Subset(self._open(train=True, augment=False), val_idx)
             else:
                 self.data_train = train
-        if self.data_test is None and (stage in ("test", "predict", None) or not hp.val_size):
-            self.data_test = self._open(train=False, augment=False)
+        if self.data_test is None:
+            self.data_test = self._opened[(False, False)]
             if not hp.val_size:
                 self.data_val = self.data_test
 

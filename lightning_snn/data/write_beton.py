@@ -6,10 +6,13 @@
 
 A registered data set (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``) is read from
 ``root`` with torchvision; ``--image_folder`` takes any ImageNet-style ``class/image`` tree.
+Bad input is one line on stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``: the
+traceback).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +20,8 @@ from jsonargparse import CLI
 from torchvision import datasets
 
 from lightning_snn.data.ffcv import write_beton
-from lightning_snn.data.vision import VisionDataModule
+from lightning_snn.data.vision import DATASETS, VisionDataModule, named_image_loader
+from lightning_snn.errors import USER_ERRORS, UsageError, run_main
 
 
 def main(
@@ -48,12 +52,22 @@ def main(
         verify_md5: check CIFAR files against torchvision's checksums.
         overwrite: replace an existing ``out``.
     """
+    images = [n for n in DATASETS.names() if DATASETS.build(n).events is None]
     if (dataset is None) == (image_folder is None):
-        raise ValueError("give exactly one of --dataset or --image_folder")
+        raise UsageError(f"give exactly one of --dataset or --image_folder (valid data sets: {', '.join(images)})")
+    if dataset is not None and dataset not in images:
+        raise UsageError(f"--dataset {dataset!r} cannot be written to a .beton (valid: {', '.join(images)})")
+    if num_workers < 1:
+        raise UsageError(f"--num_workers {num_workers} (valid: an integer >= 1)")
+    if max_resolution is not None and max_resolution < 1:
+        raise UsageError(f"--max_resolution {max_resolution} (valid: an integer >= 1, or none)")
+    if not 1 <= jpeg_quality <= 100:
+        raise UsageError(f"--jpeg_quality {jpeg_quality} (valid: 1 to 100)")
     if image_folder is not None:
         if not Path(image_folder).is_dir():
-            raise FileNotFoundError(f"image folder {image_folder} does not exist")
-        data, gray = datasets.ImageFolder(image_folder), False
+            raise FileNotFoundError(f"--image_folder {image_folder} does not exist (valid: a folder of "
+                                    "class sub-folders of images)")
+        data, gray = datasets.ImageFolder(image_folder, loader=named_image_loader), False
     else:
         dm = VisionDataModule(dataset, root=root, verify_md5=verify_md5)
         data = dm._open(train=split == "train", augment=False, transform=False)
@@ -63,5 +77,12 @@ def main(
     print(f"wrote {len(data)} samples to {path}")
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command line on ``argv`` (``sys.argv[1:]`` by default); returns the exit status."""
+    # a full disk (OSError) is reported in one line too
+    return run_main(lambda args: CLI(main, as_positional=False, args=args), argv,
+                    errors=(*USER_ERRORS, OSError))
+
+
 if __name__ == "__main__":
-    CLI(main, as_positional=False)
+    sys.exit(cli())

@@ -5,28 +5,32 @@
         [-- --trainer.max_epochs=10 ...]
 
 Every option is checked first (config file, node and GPU counts, time-limit format, partition
-known to ``sinfo``, array spec); only then is the script written and handed to ``sbatch``. The job id
-goes to stdout. Arguments after ``--`` are passed to the training command line (LightningCLI).
-With ``--array``, each array task trains with its task id as the seed.
+known to ``sinfo``, array spec), then the config and the arguments after ``--`` are parsed by the
+training command line's own parser (LightningCLI, as the job will run it); only then is the script
+written and handed to ``sbatch``. The job id goes to stdout. With ``--array``, each array task
+trains with its task id as the seed. ``--dry-run`` prints the script; it needs no cluster (without
+a reachable controller the partition is not checked, with a warning). Bad input is one line on
+stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
+from lightning_snn.errors import OneLineArgumentParser, run_main
 from lightning_snn.slurm import validate
 from lightning_snn.slurm.validate import SubmitError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm" / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"  # package data: shipped in the wheel
 SINGLE_NODE, MULTI_NODE = "ddp_single_node.sbatch", "ddp_multi_node.sbatch"
 
 
@@ -83,16 +87,36 @@ class JobSpec:
         }
 
 
-def render(spec: JobSpec, template_dir: Path = TEMPLATE_DIR) -> str:
-    """The sbatch script for ``spec``: the single-node template for one node, else the multi-node one."""
+def render_template(template_dir: Path, name: str, variables: dict[str, Any]) -> str:
+    """Render ``template_dir/name`` with jinja2: a variable the template uses but ``variables``
+    lacks is an error (not an empty string), and ``| q`` shell-quotes a value."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
     env.filters["q"] = lambda v: shlex.quote(str(v))
-    name = SINGLE_NODE if spec.nodes == 1 else MULTI_NODE
-    return env.get_template(name).render(**spec.template_vars())
+    return env.get_template(name).render(**variables)
+
+
+def render(spec: JobSpec, template_dir: Path = TEMPLATE_DIR) -> str:
+    """The sbatch script for ``spec``: the single-node template for one node, else the multi-node one."""
+    return render_template(template_dir, SINGLE_NODE if spec.nodes == 1 else MULTI_NODE, spec.template_vars())
+
+
+def job_fit_args(spec: JobSpec) -> list[str]:
+    """The ``fit`` command line the job script runs (``_train.sh``), with a placeholder run dir."""
+    run_dir = str(spec.output_dir.resolve() / spec.job_name / "RUN_DIR")
+    args = ["fit", "--config", str(spec.config), f"--trainer.accelerator={spec.accelerator}",
+            f"--trainer.devices={spec.tasks_per_node}", f"--trainer.num_nodes={spec.nodes}",
+            f"--trainer.strategy={spec.template_vars()['strategy']}"]
+    args += ["--trainer.sync_batchnorm=true"] if spec.sync_batchnorm else []
+    args += [f"--trainer.default_root_dir={run_dir}", f"--checkpoint.dirpath={run_dir}/checkpoints",
+             f"--trainer.logger.init_args.save_dir={run_dir}", "--trainer.logger.init_args.name=logs",
+             "--trainer.logger.init_args.version=attempt0"]
+    seed = 0 if spec.array else spec.seed
+    args += [f"--seed_everything={seed}"] if seed is not None else []
+    return args + list(spec.train_args)
 
 
 def sbatch(script: Path) -> str:
@@ -104,8 +128,8 @@ def sbatch(script: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lightning_snn.slurm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(prog="python -m lightning_snn.slurm", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("submit", help="render an sbatch script for a config and submit it")
     p.add_argument("--config", required=True, help="training config (YAML for `python -m lightning_snn fit`)")
@@ -148,45 +172,56 @@ def spec_from_args(ns: argparse.Namespace, train_args: list[str]) -> JobSpec:
         raise SubmitError("--seed and --array exclude each other: array task ids are the seeds")
     template_dir = Path(ns.template_dir)
     if not (template_dir / SINGLE_NODE).is_file():
-        raise SubmitError(f"--template-dir {str(template_dir)!r} has no {SINGLE_NODE}")
-    if ns.dry_run and shutil.which("sinfo") is None:  # rendering needs no cluster
-        print(f"warning: sinfo not found; partition {ns.partition!r} not checked", file=sys.stderr)
-        partition = ns.partition
-    else:
-        partition = validate.partition(ns.partition, validate.cluster_partitions())
-    return JobSpec(
-        config=config, nodes=nodes, tasks_per_node=per_node, time=ns.time, partition=partition,
+        raise SubmitError(f"--template-dir {str(template_dir)!r} has no {SINGLE_NODE} (valid: a folder "
+                          f"with {SINGLE_NODE} and {MULTI_NODE}, default {TEMPLATE_DIR})")
+    spec = JobSpec(
+        config=config, nodes=nodes, tasks_per_node=per_node, time=ns.time, partition=ns.partition,
         accelerator=ns.accelerator, array=array, seed=ns.seed, job_name=ns.job_name or config.stem,
         output_dir=Path(ns.output_dir), workdir=Path(ns.workdir) if ns.workdir else Path.cwd(),
         python=ns.python, cpus_per_task=ns.cpus_per_task, signal_lead=lead, strategy=ns.strategy,
         sync_batchnorm=ns.sync_batchnorm, extra_sbatch=list(ns.sbatch), train_args=train_args,
     )
+    validate.training_args(job_fit_args(spec))  # the job's own parser, before anything is rendered
+    spec.partition = checked_partition(ns.partition, dry_run=ns.dry_run)
+    return spec
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for invalid options, nothing submitted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def checked_partition(name: str, dry_run: bool) -> str:
+    """``name`` checked against ``sinfo``; a dry run (which only prints) warns instead when there is
+    no ``sinfo`` or no reachable controller."""
+    if dry_run:
+        try:
+            known = validate.cluster_partitions()
+        except SubmitError as e:
+            print(f"warning: partition {name!r} not checked: {e}", file=sys.stderr)
+            return name
+        return validate.partition(name, known)
+    return validate.partition(name, validate.cluster_partitions())
+
+
+def submit(argv: list[str]) -> int:
+    """Validate, render, and print (``--dry-run``) or submit; raises :class:`SubmitError`."""
     train_args: list[str] = []
     if "--" in argv:  # everything after `--` belongs to the training command line
         i = argv.index("--")
         argv, train_args = argv[:i], argv[i + 1:]
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    try:
-        spec = spec_from_args(ns, train_args)
-        script = render(spec, Path(ns.template_dir))
-        if ns.dry_run:
-            sys.stdout.write(script)
-            return 0
-        dest = spec.output_dir / spec.job_name / "sbatch"
-        dest.mkdir(parents=True, exist_ok=True)
-        path = dest / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6:06d}.sbatch"
-        path.write_text(script)
-        job_id = sbatch(path)
-    except SubmitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ns = build_parser().parse_args(argv)
+    spec = spec_from_args(ns, train_args)
+    script = render(spec, Path(ns.template_dir))
+    if ns.dry_run:
+        sys.stdout.write(script)
+        return 0
+    dest = spec.output_dir / spec.job_name / "sbatch"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6:06d}.sbatch"
+    path.write_text(script)
+    job_id = sbatch(path)
     print(f"submitted job {job_id}: {spec.world_size} process(es) on {spec.nodes} node(s), script {path}",
           file=sys.stderr)
     print(job_id)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for invalid options: one line, nothing submitted)."""
+    return run_main(submit, argv)

@@ -11,8 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lightning_snn.errors import UsageError, one_line
 
-class SubmitError(ValueError):
+
+class SubmitError(UsageError):
     """A submit option is invalid; the message says which value and what is accepted."""
 
 
@@ -103,3 +105,15 @@ def partition(name: str, known: list[str]) -> str:
             f"unknown partition {name!r}; partitions on this cluster (sinfo): {', '.join(known) or 'none'}"
         )
     return name
+
+
+
+def training_args(args: list[str]) -> None:
+    """``args`` (``fit --config ...``) parsed by the training command line's own parser, as the
+    job will run it: a YAML syntax error or a bad option value is an error here, not on the node."""
+    from lightning_snn.cli_check import check_args
+
+    try:
+        check_args(args)
+    except UsageError as e:
+        raise SubmitError(f"the training command line rejects the config or the arguments after --: {e}") from e

@@ -1,0 +1,42 @@
+"""Check a training command line without running it: the launchers (SLURM submit, sweeps) parse
+the config and options a job or trial will get with the same parser (``SNNCLI``, LightningCLI)
+before anything is queued, started or written."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from lightning_snn.errors import UsageError, one_line
+
+
+def check_args(args: list[str]) -> None:
+    """Parse ``args`` (``fit --config ...``) with the command line's parser, building nothing.
+
+    Raises :class:`UsageError` for a YAML syntax error, an unknown option or a value of the wrong
+    type (``--model.T abc``), with jsonargparse's message on one line.
+    """
+    from lightning_snn.cli import SNNCLI
+    from lightning_snn.data import VisionDataModule
+    from lightning_snn.module import SNNModule
+
+    class ParseOnly(SNNCLI):
+        def _set_seed(self) -> None:  # parsing only: leave the global RNG alone
+            pass
+
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    off = {"exit_on_error": False}
+    try:
+        with warnings.catch_warnings():  # "args and sys.argv both given": intended here
+            warnings.filterwarnings("ignore", message=".*args parameter is intended")
+            ParseOnly(SNNModule, VisionDataModule, args=args, parser_kwargs={**off, args[0]: off})
+    except argparse.ArgumentError as e:
+        raise UsageError(f"{one_line(e)} (valid: what `python -m lightning_snn {args[0]} --help` lists)") from e
