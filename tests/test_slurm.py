@@ -207,7 +207,8 @@ def test_ray_sweep_job_runs_trials_on_its_ray_cluster_and_reports_the_best(slurm
            "--", "--config", str(CONFIG), "--space", str(ROOT / "tune" / "spaces" / "threshold_T.yaml"),
            "--num-samples", "2", "--scheduler", "fifo", "--max-epochs", "1", "--resources-per-trial", "cpu=1",
            "--storage-path", str(storage), "--name", name, "--", *tiny]
-    sub = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # (the submitter parses the sweep's and a trial's command line first: imports Lightning and Ray)
+    sub = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     assert f"wrote {logs / 'sweep.sbatch'}" in sub.stdout
     submitted = re.search(r"Submitted batch job (\d+)", sub.stdout)
