@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_snn {fit,validate,test,predict} --config configs/<x>.yaml``.
+"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model (and the model's ``T`` into the number of event frames), a best-and-last ``ModelCheckpoint`` and a CSV logger are on by default, and
@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
+from lightning_snn.commands import SNNTrainer
 from lightning_snn.data import VisionDataModule
 from lightning_snn.module import SNNModule
 
@@ -34,6 +35,12 @@ class SaveConfigToLogger(SaveConfigCallback):
 
 
 class SNNCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands plus ``export`` (NIR) and ``report`` (spikes / SOPs / energy)."""
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
+                "report": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
@@ -72,4 +79,5 @@ def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
         "save_config_kwargs": {"overwrite": False},
         **cli_kwargs,
     }
+    kwargs.setdefault("trainer_class", SNNTrainer)
     return SNNCLI(SNNModule, VisionDataModule, args=args, **kwargs)
