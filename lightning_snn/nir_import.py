@@ -272,7 +272,7 @@ def export_nodes(net: NIRNet, b: Any, src: str, dt: float) -> str:
             tmp = ex.GraphBuilder()
             t_src = tmp.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
             node = tmp.nodes[ex.chain(tmp, [(n, leaf)], t_src, net.dt)]
-        names[n] = b.add(n, node, [], ex._out_shape(m, shape) if not isinstance(leaf, LIF) else shape)
+        names[n] = b.add(n, node, [], shape if isinstance(leaf, LIF) else ex._out_shape(leaf, shape))
     for s, d in net.edges:
         if d != net.output_name and s in names:
             b.edges.append((names[s], names[d]))
