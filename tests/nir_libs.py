@@ -14,12 +14,15 @@ Conventions converted here (each is a difference of the other library, not of th
 - Norse's ``LIFBoxCell`` integrates ``v += dt/tau (i - v)`` and ignores ``r``: its input gain is
   ``dt/tau = 1 - lambda`` instead of 1, so its threshold is scaled by ``1 - lambda`` (the same
   spikes, a membrane scaled by ``1 - lambda``), and its reset set to subtraction.
+- Norse maps ``SumPool2d`` but not ``AvgPool2d``: average pools are given to it as sum pools
+  with the 1/k^2 folded into the next synaptic node (:func:`avgpool_as_sumpool`).
 - Norse's ``IAFCell`` always resets to ``v_reset`` (0): no parameter converts that to
   subtraction, so IF agreement with Norse is measured, not converted.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 
@@ -79,7 +82,7 @@ def run_snntorch(graph, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = import_from_nir(graph)
+        model = import_from_nir(copy.deepcopy(graph))  # it rewrites the graph in place
     cells = {n.split(".")[-1]: m for n, m in model.named_modules() if isinstance(m, snn.Leaky)}
     for m in cells.values():
         if not m.init_hidden:  # IF import: Leaky(beta=0.9, init_hidden=False)
@@ -100,7 +103,7 @@ def run_norse(graph, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = norse.from_nir(graph, dt=dt)
+            model = norse.from_nir(avgpool_as_sumpool(graph), dt=dt)
     finally:
         logging.disable(logging.NOTSET)
     cells: dict[str, nn.Module] = {}
@@ -119,3 +122,87 @@ def agreement(ref: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, flo
     """Fraction of equal spikes per layer (same layer names, same number of spikes)."""
     assert sorted(ref) == sorted(other), (sorted(ref), sorted(other))
     return {n: float((other[n].reshape(ref[n].shape) == ref[n]).float().mean()) for n in ref}
+
+
+# ------------------------------------------------------------------------------ the other rules
+# Our network run with another library's neuron update, to show that a remaining mismatch is
+# exactly that rule (and not an error of the file): the state is kept on the layer (``layer.v``)
+# so a model run step by step continues from it.
+def snntorch_rule(layer: LIF, x: Tensor) -> Tensor:
+    """snnTorch ``Leaky(reset_mechanism="subtract", reset_delay=False)``: the reset owed by a
+    post-reset potential above threshold is subtracted *before* the spike test, strict ``>``."""
+    thr = layer.vth().detach()
+    mem = torch.zeros_like(x[0]) if layer.v is None else layer.v
+    out = []
+    for t in range(x.shape[0]):
+        owed = (mem > thr).to(x.dtype)
+        mem = layer.leak * mem + x[t] - owed * thr
+        spk = (mem > thr).to(x.dtype)
+        mem = mem - (spk - owed) * thr
+        out.append(spk)
+    layer.v = mem
+    return torch.stack(out)
+
+
+def norse_if_rule(layer: LIF, x: Tensor) -> Tensor:
+    """Norse ``IAFCell``: v += I, spike if v > Vth, then v = 0 (reset to v_reset)."""
+    thr = layer.vth().detach()
+    v = torch.zeros_like(x[0]) if layer.v is None else layer.v
+    out = []
+    for t in range(x.shape[0]):
+        v = layer.leak * v + x[t]
+        z = (v > thr).to(x.dtype)
+        v = v * (1 - z)
+        out.append(z)
+    layer.v = v
+    return torch.stack(out)
+
+
+def ours_with_rule(net: nn.Module, x: Tensor, rule) -> dict[str, Tensor]:
+    """Spikes of ``net`` with every spiking layer running ``rule``."""
+    from lightning_snn.neurons import neuron_dynamics, reset_states
+
+    reset_states(net)
+    try:
+        with neuron_dynamics(net, rule):
+            return ours(net, x)[1]
+    finally:
+        reset_states(net)
+
+
+def snntorch_rnn_rewiring(graph):
+    """The graph as snnTorch 1.0.0 runs it: ``_create_rnn_subgraph`` turns an LIF <-> Affine cycle
+    into a subgraph whose input edge goes into the recurrent weight (input -> W_rec -> LIF) instead
+    of into the LIF, so the LIF receives W_rec (x + s[t-1])."""
+    import nir
+
+    g = copy.deepcopy(graph)
+    for lif, w in [(a, b) for a, b in g.edges if (b, a) in g.edges]:
+        if isinstance(g.nodes[lif], (nir.LIF, nir.CubaLIF)) and isinstance(g.nodes[w], (nir.Affine, nir.Linear)):
+            g.edges = [(s, w) if d == lif and s != w else (s, d) for s, d in g.edges]
+    return g
+
+
+def avgpool_as_sumpool(graph):
+    """Norse 1.1.0 maps ``SumPool2d`` (as ``LPPool2d(p=1)``, a sum of |x|) but not ``AvgPool2d``:
+    each average pool becomes a sum pool and the synaptic node after it (through ``Flatten``) takes
+    the 1/k^2 in its weights. Exact for the non-negative spikes our pools see."""
+    import nir
+    import numpy as np
+
+    g = copy.deepcopy(graph)
+    for name, node in list(g.nodes.items()):
+        if not isinstance(node, nir.AvgPool2d):
+            continue
+        g.nodes[name] = nir.SumPool2d(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
+        todo = [d for s, d in g.edges if s == name]
+        while todo:
+            d = todo.pop()
+            n = g.nodes[d]
+            if isinstance(n, nir.Flatten):
+                todo += [e for s, e in g.edges if s == d]
+            elif isinstance(n, (nir.Affine, nir.Conv2d)):
+                n.weight = n.weight / float(np.prod(node.kernel_size))
+            else:
+                raise ValueError(f"average pool {name!r} feeds {type(n).__name__}: cannot fold its 1/k^2")
+    return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=g.metadata)
