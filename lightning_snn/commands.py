@@ -24,7 +24,10 @@ def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path!r} is not a Lightning checkpoint (no 'state_dict')")
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint {ckpt_path!r} does not fit the configured model: {e}") from None
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {ckpt_path!r} does not fit the configured model: missing keys {missing[:5]}, "
