@@ -138,3 +138,15 @@ def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path,
     with pytest.raises(ValueError, match=r"does not fit the configured model: missing keys \['net.layers.2.0.weight'\]"):
         main(["export", "--ckpt_path", str(tmp_path / "broken.ckpt"), *common])
     assert out.read_bytes() == b"previous"
+
+
+def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) -> None:
+    """F-MLP under IDE runs its neurons step by step (``LIF.step``); a neuron's fan-out is its
+    feedback synapses (all ``hidden`` of them) plus the read-out's ``classes``."""
+    module = SNNModule("f_mlp", num_classes=3, input_shape=(1, 4, 4), T=5, strategy="ide",
+                       network_args={"hidden": 8})
+    cb = _run_report(module, torch.rand(4, 1, 4, 4), tmp_path)
+    (row,) = [r for r in cb.rows if r.kind == "spiking"]
+    assert row.layer == "neurons_0" and row.neurons == 8 and row.fan_out == pytest.approx(8 + 3)
+    assert 0.0 <= row.rate <= 1.0 and row.spikes == pytest.approx(row.rate * 8 * 5)
+    assert row.sops == pytest.approx(row.spikes * 11)
