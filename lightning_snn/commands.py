@@ -48,10 +48,11 @@ class SNNTrainer(pl.Trainer):
             out: the ``.nir`` file to write (written atomically).
             dt: time step (s) that maps the leak to NIR's LIF time constant, tau = dt / (1 - leak).
         """
-        from lightning_snn.nir_export import to_nir, write_nir
+        from lightning_snn.nir_export import check_strategy, to_nir, write_nir
 
         if not ckpt_path:
             raise ValueError("export needs --ckpt_path (the trained checkpoint)")
+        check_strategy(model.strategy)
         load_weights(model, ckpt_path)
         graph = to_nir(model.net, tuple(model.hparams.input_shape), dt)
         path = write_nir(graph, out)

@@ -372,6 +372,19 @@ def to_nir(net: SpikingNet, input_shape: Sequence[int], dt: float = DEFAULT_DT) 
         net.train(was_training)
 
 
+def check_strategy(strategy: Any) -> None:
+    """The exported neurons fire at ``Vth``, subtract ``Vth`` and emit unit spikes; a strategy that
+    runs other neurons (DSR fires at ``alpha * Vth``, optionally with spikes of value ``Vth``)
+    would make the file differ from the trained network: a clear error instead."""
+    alpha, value = getattr(strategy, "alpha", 1.0), getattr(strategy, "spike_value", "unit")
+    if getattr(strategy, "name", "") == "dsr" and (alpha != 1.0 or value != "unit"):
+        raise NIRExportError(
+            f"strategy 'dsr' runs neurons that fire at alpha * Vth (alpha = {alpha}) with "
+            f"spike_value {value!r}; NIR's IF / LIF fire and reset at one threshold with unit spikes. "
+            f"Export a model trained (or fine-tuned) with alpha = 1 and spike_value 'unit', or "
+            f"with bptt / ottt_a / ottt_o / ide")
+
+
 def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
     """Write ``graph`` to ``path`` atomically (a temporary file renamed into place), so a failure
     never leaves a partial file or clobbers an existing one."""

@@ -285,7 +285,7 @@ class SpikeEnergyReport(pl.Callback):
 
     # -------------------------------------------------------------- recording
     def _record(self, name: str, s: Tensor, leading: int) -> None:
-        s = s.detach().float()
+        s = (s.detach() != 0).float()  # a spike is a nonzero output (DSR may emit spikes of value Vth)
         per = s.sum(dim=tuple(range(leading)))
         self._spikes[name] = per if name not in self._spikes else self._spikes[name] + per
         self._elem_steps[name] = self._elem_steps.get(name, 0.0) + float(s.numel())

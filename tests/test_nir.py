@@ -16,7 +16,7 @@ from lightning_snn.layers import TimeDistributed
 from lightning_snn.models import MODELS
 from lightning_snn.models.feedforward import _Sequential
 from lightning_snn.neurons import LIF, NeuronConfig, weighted_rate
-from lightning_snn.nir_export import NIRExportError, to_nir, write_nir
+from lightning_snn.nir_export import NIRExportError, check_strategy, to_nir, write_nir
 from lightning_snn.nir_import import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
@@ -280,3 +280,10 @@ def test_norse_runs_our_file(name: str, leak: float, fmnist, tmp_path: Path) -> 
     _check("Norse", agree, s2, lambda: nir_libs.ours_with_rule(ref_net, x, nir_libs.norse_if_rule),
            "Norse's IAFCell, which resets to v_reset = 0 instead of subtracting the threshold")
     torch.testing.assert_close(y2.reshape(y.shape), y, rtol=1e-4, atol=1e-4)
+
+
+def test_dsr_neurons_are_refused_unless_they_are_nirs() -> None:
+    with pytest.raises(NIRExportError, match=r"'dsr'.*alpha = 0.5"):
+        check_strategy(STRATEGIES.build("dsr", T=2))
+    check_strategy(STRATEGIES.build("dsr", T=2, alpha=1.0))  # fires and resets at Vth: exportable
+    check_strategy(STRATEGIES.build("ottt_a", T=2))
