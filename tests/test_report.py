@@ -98,6 +98,7 @@ def fmnist_ckpt(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_export_and_report_commands(fmnist_ckpt: Path, tmp_path: Path, data_root, monkeypatch) -> None:
     config = str(ROOT / "configs" / "fmnist_mlp_bptt.yaml")
     common = [f"--data.root={data_root}", "--data.num_workers=0", "--trainer.accelerator=cpu",
