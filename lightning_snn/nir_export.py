@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_snn.layers import Scale, TimeDistributed, TraceSynapse
+from lightning_snn.layers import Scale, TraceSynapse
 from lightning_snn.models.base import SpikingNet
 from lightning_snn.neurons import LIF
 

@@ -15,7 +15,7 @@ from torch import nn
 from lightning_snn.layers import TimeDistributed
 from lightning_snn.models import MODELS
 from lightning_snn.models.feedforward import _Sequential
-from lightning_snn.neurons import LIF, NeuronConfig, weighted_rate
+from lightning_snn.neurons import NeuronConfig, weighted_rate
 from lightning_snn.nir_export import NIRExportError, check_strategy, to_nir, write_nir
 from lightning_snn.nir_import import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
@@ -63,7 +63,7 @@ def _build(name: str, leak: float) -> tuple[nn.Module, tuple[int, ...]]:
     return net.eval(), shape
 
 
-def _class_scores(net: nn.Module, out: torch.Tensor, leak: float) -> torch.Tensor:
+def _class_scores(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """Our class score: time mean (a feedback model's read-out is of the lambda-weighted rate)."""
     return out.mean(0) if net.kind != "feedback" else out[0]
 
@@ -80,7 +80,7 @@ def test_export_import_every_model(name: str, leak: float, tmp_path: Path) -> No
     assert imported.kind == ("recurrent" if net.kind == "feedback" else "feedforward")
     x = torch.rand(4, 3, *shape) * 2
     with torch.no_grad():
-        ref = _class_scores(net, net(x), leak)
+        ref = _class_scores(net, net(x))
         got = imported(x)
     # a feedback model reads out the lambda-weighted rate: the same weights over the per-step outputs
     got = weighted_rate(got, leak) if net.kind == "feedback" else got.mean(0)
