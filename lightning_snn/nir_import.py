@@ -7,7 +7,9 @@ reset by subtraction) read with the discrete-time convention of :mod:`lightning_
 input is the sum of its incoming edges. An acyclic graph is a ``feedforward`` model run on the
 whole ``[T, B, ...]`` sequence (BPTT, OTTT, DSR); a graph with a cycle (a feedback model) is a
 ``recurrent`` model run step by step, an edge that closes a cycle carrying the previous step's
-value (BPTT, OTTT). Registered as model ``nir`` (``network_args: {path: model.nir}``).
+value (BPTT, OTTT); one in the shape of an exported feedback model can also be rebuilt as that
+feedback model (:func:`as_feedback_snn`: IDE, BPTT). Registered as model ``nir``
+(``network_args: {path: model.nir}``).
 """
 
 from __future__ import annotations
@@ -235,6 +237,79 @@ class NIRNet(SpikingNet):
         return torch.cat(outs)
 
 
+def _leaf(m: nn.Module) -> nn.Module:
+    return m[0] if isinstance(m, TimeDistributed) else m
+
+
+def as_feedback_snn(net: NIRNet, neuron: NeuronConfig | None = None, norm_range: float = 1.0) -> SpikingNet:
+    """The feedback-model form (:class:`~lightning_snn.models.feedback.FeedbackSNN`, kind
+    ``feedback``: IDE and BPTT) of an imported graph with the shape of an exported feedback model::
+
+        input -> [Flatten] -> Affine/Conv2d -> LIF_1 -> (Conv2d -> LIF_l)* -> [Flatten] -> Affine -> output
+                                                ^------ Affine/Conv2d (no bias) <------ LIF_L
+
+    Batch norms were folded into the synaptic biases, so the model has none; the feedback weight
+    is restricted to spectral norm ``<= norm_range`` as in training (a larger one is an error).
+    """
+    from lightning_snn.models.feedback import FeedbackSNN
+
+    if len(net.back) != 1:
+        raise NIRImportError(f"a feedback model has one recurrent edge; this graph has {net.back}")
+    fb, first = net.back[0]
+    succ = {n: [d for s, d in net.edges if s == n and (s, d) not in net.back] for n in net.nodes}
+    succ[net.input_name] = [d for s, d in net.edges if s == net.input_name]
+
+    def walk(n: str) -> str:
+        (nxt,) = succ[n] if len(succ[n]) == 1 else (None,)
+        if nxt is None:
+            raise NIRImportError(f"node {n!r} feeds {succ[n]}; a feedback model is a chain")
+        return nxt
+
+    input_ops, n = [], walk(net.input_name)
+    while n != first:
+        input_ops.append(_leaf(net.nodes[n]))
+        n = walk(n)
+    hidden, lifs, n = [], [net.nodes[first]], first
+    while True:
+        nxt = [d for d in succ[n] if d != fb]
+        if len(nxt) != 1:
+            raise NIRImportError(f"node {n!r} feeds {succ[n]}; a feedback model is a chain")
+        nxt_mod = _leaf(net.nodes[nxt[0]]) if nxt[0] in net.nodes else None
+        after = succ.get(nxt[0], [])
+        if isinstance(nxt_mod, nn.Conv2d) and len(after) == 1 and isinstance(net.nodes[after[0]], LIF):
+            hidden.append((nxt_mod, nn.Identity()))
+            n = after[0]
+            lifs.append(net.nodes[n])
+            continue
+        break
+    if fb not in succ[n]:
+        raise NIRImportError(f"the recurrent edge leaves {fb!r}, not the last spiking layer {n!r}")
+    head, k = [], nxt[0]
+    while k != net.output_name:
+        head.append(_leaf(net.nodes[k]))
+        k = walk(k)
+    classifier = [m for m in head if not isinstance(m, nn.Flatten)]
+    fb_op = _leaf(net.nodes[fb])
+    if len(classifier) != 1 or not isinstance(classifier[0], nn.Linear):
+        raise NIRImportError(f"the read-out after {n!r} must be [Flatten] -> Affine, got {head}")
+    if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in input_ops):
+        raise NIRImportError(f"no input synapse before {first!r}: {input_ops}")
+    if getattr(fb_op, "bias", None) is not None and fb_op.bias.detach().abs().max() > 0:
+        raise NIRImportError(f"feedback node {fb!r} has a bias; a feedback model's feedback map has none")
+    leaks = {float(m.leak) for m in lifs}
+    if len(leaks) != 1:
+        raise NIRImportError(f"a feedback model has one leak for all layers; the graph has {sorted(leaks)}")
+    model = FeedbackSNN(nn.Sequential(*input_ops), nn.Identity(), hidden, fb_op, classifier[0],
+                        lifs[0].config, dropout=0.0, norm_range=norm_range)
+    with torch.no_grad():
+        w = fb_op.weight.detach().clone()
+        if float(torch.linalg.matrix_norm(model.feedback._matrix(w), ord=2)) > norm_range * (1 + 1e-4):
+            raise NIRImportError(f"feedback node {fb!r} has spectral norm above norm_range {norm_range}")
+        for dst, src in zip(model.neurons, lifs):
+            dst.threshold.copy_(src.threshold)
+    return model
+
+
 def read_nir(path: str | Path) -> nir.NIRGraph:
     path = Path(path)
     if not path.is_file():
@@ -244,15 +319,17 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
 
 @MODELS.register("nir")
 def nir_model(input_shape: Sequence[int], num_classes: int, path: str, neuron: NeuronConfig | None = None,
-              dt: float | None = None) -> NIRNet:
+              dt: float | None = None, feedback: bool = True, norm_range: float = 1.0) -> SpikingNet:
     """A model read from the NIR file ``path``; its input shape and number of outputs must match
-    the data (``input_shape``, ``num_classes``)."""
+    the data (``input_shape``, ``num_classes``). With ``feedback`` (default) a graph with one
+    recurrent edge in the shape of an exported feedback model becomes a feedback model (IDE, BPTT);
+    otherwise a cyclic graph runs step by step as a ``recurrent`` model (BPTT, OTTT)."""
     net = NIRNet(read_nir(path), neuron, dt)
     if tuple(input_shape) != net.input_shape:
         raise NIRImportError(f"{path}: graph input shape {net.input_shape} does not match the data's {tuple(input_shape)}")
     if net.output_shape != (num_classes,):
         raise NIRImportError(f"{path}: graph output shape {net.output_shape} does not match {num_classes} classes")
-    return net
+    return as_feedback_snn(net, neuron, norm_range) if feedback and net.back else net
 
 
 def export_nodes(net: NIRNet, b: Any, src: str, dt: float) -> str:

@@ -287,3 +287,52 @@ def test_dsr_neurons_are_refused_unless_they_are_nirs() -> None:
         check_strategy(STRATEGIES.build("dsr", T=2))
     check_strategy(STRATEGIES.build("dsr", T=2, alpha=1.0))  # fires and resets at Vth: exportable
     check_strategy(STRATEGIES.build("ottt_a", T=2))
+
+
+def _two_layer_feedback() -> tuple[nn.Module, tuple[int, ...]]:
+    """A two-layer conv feedback model (conv feedback, not transposed: NIR can write it)."""
+    from lightning_snn.models.feedback import FeedbackSNN
+
+    torch.manual_seed(0)
+    net = FeedbackSNN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+                      [(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))],
+                      nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.Linear(4 * 6 * 6, 5),
+                      NeuronConfig(threshold=0.5, leak=0.8))
+    _randomise(net)
+    return net.eval(), (1, 6, 6)
+
+
+@pytest.mark.parametrize("name", ["f_mlp", "f_conv", "two_layer"])
+def test_feedback_graph_imports_as_feedback_model(name: str, tmp_path: Path) -> None:
+    """An exported feedback model reads back as a feedback model (IDE, BPTT) with the same
+    outputs; ``feedback: false`` gives the step-by-step recurrent form (BPTT, OTTT)."""
+    from lightning_snn.nir_import import nir_model
+
+    net, shape = _two_layer_feedback() if name == "two_layer" else _build(name, 0.8)
+    path = write_nir(to_nir(net, shape), tmp_path / "m.nir")
+    fb = nir_model(shape, 5, str(path)).eval()
+    rec = nir_model(shape, 5, str(path), feedback=False).eval()
+    assert (fb.kind, rec.kind) == ("feedback", "recurrent")
+    assert len(fb.hidden_ops) == (1 if name == "two_layer" else 0)
+    x = torch.rand(5, 3, *shape) * 2
+    with torch.no_grad():
+        ref = net(x)[0]
+        torch.testing.assert_close(fb(x)[0], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weighted_rate(rec(x), 0.8), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_imported_feedback_model_trains_with_ide(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_snn.module import SNNModule
+
+    net, shape = _build("f_conv", 1.0)
+    path = write_nir(to_nir(net, shape), tmp_path / "m.nir")
+    module = SNNModule("nir", num_classes=5, input_shape=shape, network_args={"path": str(path)},
+                       strategy="ide", T=4, optimizer="adam", lr=1e-2)
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    data = TensorDataset(torch.rand(16, *shape), torch.randint(0, 5, (16,)))
+    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(module, DataLoader(data, batch_size=8))
+    assert any("weight" in k and not torch.allclose(v, before[k]) for k, v in module.net.state_dict().items())
