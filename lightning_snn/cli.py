@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_snn {fit,validate,test,predict} --config configs/<x>.yaml``.
+"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model (and the model's ``T`` into the number of event frames), checkpoints (best by
@@ -32,6 +32,7 @@ from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks,
     hparam_mismatch, read_checkpoint, resolve_resume,
 )
+from lightning_snn.commands import SNNTrainer
 from lightning_snn.data import VisionDataModule
 from lightning_snn.errors import run_cli
 from lightning_snn.module import SNNModule
@@ -52,6 +53,12 @@ class SaveConfigToLogger(SaveConfigCallback):
 class SNNCLI(LightningCLI):
     _ckpt_hparams: dict[str, Any] | None = None
     _ckpt_file: str | None = None
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands plus ``export`` (NIR) and ``report`` (spikes / SOPs / energy)."""
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
+                "report": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -130,6 +137,7 @@ def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
         "save_config_kwargs": {"overwrite": False},
         **cli_kwargs,
     }
+    kwargs.setdefault("trainer_class", SNNTrainer)
     return SNNCLI(SNNModule, VisionDataModule, args=args, **kwargs)
 
 
@@ -152,4 +160,4 @@ def command_line(args: list[str] | None = None) -> NoReturn:
 
 # parse errors raise (jsonargparse.ArgumentError) instead of printing the usage text and exiting
 _NO_EXIT: dict[str, Any] = {"exit_on_error": False, **{
-    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}}
+    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict", "export", "report")}}

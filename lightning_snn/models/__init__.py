@@ -4,3 +4,4 @@ from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models import deep, feedback, feedforward  # noqa: F401  (registers the models)
 
 __all__ = ["MODELS", "SpikingNet"]
+from lightning_snn import nir_import  # noqa: E402,F401  (registers "nir": a model read from a NIR file)

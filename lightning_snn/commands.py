@@ -1,0 +1,85 @@
+"""The ``export`` and ``report`` subcommands of the command line.
+
+``python -m lightning_snn export --config C --ckpt_path X --out model.nir`` writes the trained
+network as a NIR graph; ``python -m lightning_snn report --config C --ckpt_path X`` runs it on a
+data split and reports spikes, synaptic operations and energy per layer
+(:class:`lightning_snn.report.SpikeEnergyReport`). They are methods of the trainer so that
+``LightningCLI`` builds the model, data and trainer from the same config as ``fit``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+
+
+def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
+    """Load a Lightning checkpoint's weights into ``model`` (strict: a mismatch names the keys)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{ckpt_path!r} is not a Lightning checkpoint (no 'state_dict')")
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint {ckpt_path!r} does not fit the configured model: {e}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {ckpt_path!r} does not fit the configured model: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]} (is --config the one it was trained with?)")
+
+
+class SNNTrainer(pl.Trainer):
+    """``pl.Trainer`` with the ``export`` and ``report`` commands."""
+
+    def export(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
+               ckpt_path: Optional[str] = None, out: str = "model.nir", dt: float = 1e-4) -> Path:
+        """Write the network of a checkpoint as a NIR graph.
+
+        Args:
+            model: the configured ``SNNModule``.
+            datamodule: unused (the input shape comes from the model's configuration).
+            ckpt_path: Lightning checkpoint with the trained weights.
+            out: the ``.nir`` file to write (written atomically).
+            dt: time step (s) that maps the leak to NIR's LIF time constant, tau = dt / (1 - leak).
+        """
+        from lightning_snn.nir_export import check_strategy, to_nir, write_nir
+
+        if not ckpt_path:
+            raise ValueError("export needs --ckpt_path (the trained checkpoint)")
+        check_strategy(model.strategy)
+        load_weights(model, ckpt_path)
+        graph = to_nir(model.net, tuple(model.hparams.input_shape), dt)
+        path = write_nir(graph, out)
+        print(f"wrote {path}: " + ", ".join(f"{k} ({type(v).__name__})" for k, v in graph.nodes.items()))
+        return path
+
+    def report(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
+               ckpt_path: Optional[str] = None, split: Literal["test", "val"] = "test",
+               out_dir: Optional[str] = None) -> dict[str, float]:
+        """Spikes, synaptic operations and energy per layer on a data split.
+
+        Args:
+            model: the configured ``SNNModule``.
+            datamodule: the configured data.
+            ckpt_path: Lightning checkpoint with the trained weights.
+            split: ``test`` or ``val``.
+            out_dir: where ``spike_report.csv`` / ``.png`` go (default: the logger's directory).
+        """
+        from lightning_snn.report import SpikeEnergyReport
+
+        if not ckpt_path:
+            raise ValueError("report needs --ckpt_path (the trained checkpoint)")
+        load_weights(model, ckpt_path)
+        cb = SpikeEnergyReport(out_dir=out_dir, stages=("test" if split == "test" else "validate",))
+        self.callbacks.append(cb)
+        try:
+            (self.test if split == "test" else self.validate)(model, datamodule=datamodule)
+        finally:
+            self.callbacks.remove(cb)
+        return cb.totals

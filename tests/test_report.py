@@ -1,0 +1,153 @@
+"""Spike / SOP / energy report: counts equal a hand count on tiny nets; the ``export`` and
+``report`` commands from a config and a checkpoint (table, CSV, PNG, W&B offline run)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nir
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from wandb_offline import history
+
+from lightning_snn.cli import main
+from lightning_snn.module import SNNModule
+from lightning_snn.report import E_AC_PJ, E_MAC_PJ, SpikeEnergyReport
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_report(module: SNNModule, x: torch.Tensor, out: Path) -> SpikeEnergyReport:
+    cb = SpikeEnergyReport(out_dir=str(out))
+    data = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=2)
+    pl.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
+               accelerator="cpu").test(module, data, verbose=False)
+    return cb
+
+
+def test_mlp_counts_equal_a_hand_count(tmp_path: Path) -> None:
+    """4 inputs -> 3 IF neurons (bias 1.5 / 0 / 0.5, zero input) -> 2 outputs, T = 4, Vth = 1.
+
+    Spikes per sample: neuron 0 fires every step (4), neuron 1 never, neuron 2 at steps 2 and 4
+    (h = 0.5, 1.0 -> fire, 0.5, 1.0 -> fire): 6 spikes, rate 6 / (3 x 4) = 0.5. Fan-out 2 (the
+    read-out), so 12 SOPs. The input layer: 4 x 3 = 12 MACs, once (the static image's current is
+    the same every step). ANN: 12 + 3 x 2 = 18 MACs.
+    """
+    module = SNNModule("mlp", num_classes=2, input_shape=(1, 2, 2), T=4,
+                       network_args={"hidden": [3], "batch_norm": False})
+    fc1, fc2 = module.net.layers[0][1], module.net.layers[2][0]
+    with torch.no_grad():
+        fc1.weight.fill_(1.0)
+        fc1.bias.copy_(torch.tensor([1.5, 0.0, 0.5]))
+        fc2.weight.fill_(0.5)
+    cb = _run_report(module, torch.zeros(5, 1, 2, 2), tmp_path)
+    rows = {r.layer: r for r in cb.rows}
+    assert set(rows) == {"layers_0_1", "layers_1"}
+    spk = rows["layers_1"]
+    assert spk.spikes == pytest.approx(6.0) and spk.rate == pytest.approx(0.5)
+    assert spk.fan_out == pytest.approx(2.0) and spk.sops == pytest.approx(12.0)
+    assert rows["layers_0_1"].macs == pytest.approx(12.0)
+    t = cb.totals
+    assert t["samples"] == 5 and t["ann_macs"] == pytest.approx(18.0)
+    assert t["snn_energy_pj"] == pytest.approx(12 * E_MAC_PJ + 12 * E_AC_PJ)
+    assert t["ann_energy_pj"] == pytest.approx(18 * E_MAC_PJ)
+    with open(tmp_path / "spike_report.csv") as f:
+        table = {r["layer"]: r for r in csv.DictReader(f)}
+    assert float(table["layers_1"]["sops"]) == pytest.approx(12.0)
+    assert float(table["total_ann"]["macs"]) == pytest.approx(18.0)
+    assert (tmp_path / "spike_report.png").stat().st_size > 1000
+
+
+def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
+    """conv3x3 (pad 1) 1 -> 2 channels on 4x4 -> BN -> IF, then conv3x3 (pad 1) 2 -> 2.
+
+    With zero input and BN shifts 1.5 / 0, channel 0 fires at every step (16 neurons x T = 4) and
+    channel 1 never. A neuron's fan-out into the next conv is 2 channels x the output positions
+    whose 3x3 window covers it: 4 at a corner, 6 on an edge, 9 inside, so one channel map drives
+    2 x (4 x 4 + 8 x 6 + 4 x 9) = 200 synapses: SOPs = 4 steps x 200 = 800 per sample, mean
+    fan-out over both channels 2 x 200 / 32 = 12.5. The input conv: 2 x 16 x 9 = 288 MACs.
+    """
+    module = SNNModule("convnet", num_classes=2, input_shape=(1, 4, 4), T=4,
+                       network_args={"channels": [2, 2], "hidden": 3})
+    conv1, bn1 = module.net.layers[0][0], module.net.layers[0][1]
+    with torch.no_grad():
+        conv1.weight.fill_(1.0)
+        bn1.bias.copy_(torch.tensor([1.5, 0.0]))
+    cb = _run_report(module, torch.zeros(3, 1, 4, 4), tmp_path)
+    rows = {r.layer: r for r in cb.rows}
+    assert rows["layers_0_0"].kind == "analogue-input" and rows["layers_0_0"].macs == pytest.approx(288.0)
+    first = rows["layers_1"]
+    assert first.spikes == pytest.approx(64.0) and first.rate == pytest.approx(0.5)
+    assert first.fan_out == pytest.approx(12.5) and first.sops == pytest.approx(800.0)
+
+
+@pytest.fixture()
+def fmnist_ckpt(tmp_path: Path) -> Path:
+    """A checkpoint of the README's first config's model (784-512-10 IF MLP), two SGD steps."""
+    module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [512]},
+                       optimizer="adamw", lr=2e-3)
+    data = TensorDataset(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    path = tmp_path / "fmnist.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.slow
+def test_export_and_report_commands(fmnist_ckpt: Path, tmp_path: Path, data_root, monkeypatch) -> None:
+    config = str(ROOT / "configs" / "fmnist_mlp_bptt.yaml")
+    common = [f"--data.root={data_root}", "--data.num_workers=0", "--trainer.accelerator=cpu",
+              "--trainer.enable_progress_bar=false"]
+    out = tmp_path / "deploy" / "model.nir"
+    main(["export", "--config", config, "--ckpt_path", str(fmnist_ckpt), "--out", str(out), *common])
+    g = nir.read(str(out))
+    assert [type(g.nodes[k]).__name__ for k in ("layers_0_0", "layers_0_1", "layers_1", "layers_2_0")] == \
+        ["Flatten", "Affine", "IF", "Affine"]
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli = main(["report", "--config", config, "--ckpt_path", str(fmnist_ckpt), "--out_dir", str(tmp_path / "rep"),
+                *common, "--data.eval_batch_size=16", "--trainer.limit_test_batches=2",
+                "--trainer.logger=pytorch_lightning.loggers.WandbLogger", "--trainer.logger.project=snn-tests",
+                f"--trainer.logger.save_dir={tmp_path}"])
+    cli.trainer.logger.experiment.finish()
+    with open(tmp_path / "rep" / "spike_report.csv") as f:
+        rows = {r["layer"]: r for r in csv.DictReader(f)}
+    assert float(rows["layers_1"]["fan_out"]) == pytest.approx(10.0)  # 512 IF neurons -> 10 classes
+    assert float(rows["layers_0_1"]["macs"]) == pytest.approx(784 * 512)
+    assert float(rows["total_ann"]["macs"]) == pytest.approx(784 * 512 + 512 * 10)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    keys = set().union(*history(run_file))
+    assert {"spike_report/table", "spike_report/chart"} <= {k.split("/_type")[0] for k in keys} | keys, sorted(keys)
+
+
+def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path, data_root) -> None:
+    config = str(ROOT / "configs" / "fmnist_mlp_bptt.yaml")
+    out = tmp_path / "model.nir"
+    out.write_bytes(b"previous")
+    common = ["--config", config, f"--data.root={data_root}", "--trainer.accelerator=cpu", "--out", str(out)]
+    with pytest.raises(FileNotFoundError, match="--ckpt_path 'missing.ckpt' does not exist"):
+        main(["export", "--ckpt_path", "missing.ckpt", *common])
+    broken = torch.load(fmnist_ckpt, weights_only=False)
+    del broken["state_dict"]["net.layers.2.0.weight"]
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match=r"does not fit the configured model: missing keys \['net.layers.2.0.weight'\]"):
+        main(["export", "--ckpt_path", str(tmp_path / "broken.ckpt"), *common])
+    assert out.read_bytes() == b"previous"
+
+
+def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) -> None:
+    """F-MLP under IDE runs its neurons step by step (``LIF.step``); a neuron's fan-out is its
+    feedback synapses (all ``hidden`` of them) plus the read-out's ``classes``."""
+    module = SNNModule("f_mlp", num_classes=3, input_shape=(1, 4, 4), T=5, strategy="ide",
+                       network_args={"hidden": 8})
+    cb = _run_report(module, torch.rand(4, 1, 4, 4), tmp_path)
+    (row,) = [r for r in cb.rows if r.kind == "spiking"]
+    assert row.layer == "neurons_0" and row.neurons == 8 and row.fan_out == pytest.approx(8 + 3)
+    assert 0.0 <= row.rate <= 1.0 and row.spikes == pytest.approx(row.rate * 8 * 5)
+    assert row.sops == pytest.approx(row.spikes * 11)
