@@ -62,8 +62,10 @@ stage ide_memory 30 "${SPEED[@]}" --networks --modes eager --precisions fp32 --s
 stage compiled 150 "${SPEED[@]}" --networks vgg11 --modes compiled --precisions fp32 --strategies \
     --T 4 8 --warmup 3 --iters 5 --repeats 3 --out "$OUT/compiled"
 
-shopt -s nullglob
-results=("$OUT"/{eager,strategies,ide_memory,compiled}/speed.json)
+results=()
+for name in eager strategies ide_memory compiled; do
+    [[ -f "$OUT/$name/speed.json" ]] && results+=("$OUT/$name/speed.json")
+done
 if ((${#results[@]})); then
     "$PY" bench/speed_report.py "${results[@]}" --out "$OUT" >> "$OUT/log.txt" 2>&1
 fi

@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> None:
         (args.out / "speed.json").write_text(json.dumps(results, indent=2))
 
+    save()  # a run stopped before its first measurement still names its machine and config
     cells: list[tuple[str, Callable[[], list[dict[str, Any]]], dict[str, Any]]] = []
     for mode in args.modes:
         for precision in args.precisions:
