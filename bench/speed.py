@@ -291,13 +291,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compile", action="store_true",
                    help="compiled mode through SNNModule(compile=True) when it exists (adds 'compiled' to --modes)")
     p.add_argument("--quick", action="store_true",
-                   help="CPU-sized: width 0.125, batch 8, T 4 8, eager, 1 warm-up, 3 x 2 steps")
+                   help="CPU-sized: width 0.125, batch 8, T 4 8, eager, 1 warm-up, 5 x 3 steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     if args.quick:
         args.width, args.batch, args.T, args.modes = 0.125, 8, [4, 8], ["eager"]
-        args.warmup, args.iters, args.repeats = 1, 2, 3
+        args.warmup, args.iters, args.repeats = 1, 3, 5
     if args.compile and "compiled" not in args.modes:
         args.modes.append("compiled")
     if args.backend is not None and not HAS_BACKEND:

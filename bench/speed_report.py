@@ -85,11 +85,14 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels.items()):
+        ts: set[int] = set()
         for label, pts in sorted(lines.items()):
             pts.sort()
-            style = "-" if label.startswith("lightning-snn") or "(" in label.split()[0] else "--"
+            ts.update(t for t, _ in pts)
+            style = "--" if label.startswith("spikingjelly") else "-"
             ax.plot([t for t, _ in pts], [v for _, v in pts], style, marker="o", label=label)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ts), [str(t) for t in sorted(ts)])
         ax.set_yscale("log")
         ax.set_xlabel("T (time steps)")
         ax.set_ylabel("images / s")
