@@ -105,7 +105,8 @@ class SNNModule(pl.LightningModule):
         # one loss for training and evaluation (an online strategy calls it per step)
         self.loss = SpikingLoss.for_strategy(self.strategy, loss)
         self.automatic_optimization = not self.strategy.online
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # no argument checks in the training loop: they read the labels back to the host each step
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -121,9 +122,13 @@ class SNNModule(pl.LightningModule):
             loss, out = self._online_training_step(x, y)
         else:  # Lightning back-propagates the returned loss
             loss, out = self.strategy.train_step(self.net, x, y, self.loss, backward=None)
+        # Per-step values stay on the device: Lightning turns progress-bar values into Python
+        # numbers after every batch and all-reduces ``sync_dist`` step values at every step, so
+        # neither is set here. Loggers read step values every ``trainer.log_every_n_steps``; the
+        # epoch accuracy is reduced across ranks once, at epoch end, by the metric itself.
         self.train_acc(out.mean(0).detach(), y)
-        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
-        self.log("train/acc", self.train_acc, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True)
         return loss
 
     def _online_training_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,7 +162,8 @@ class SNNModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         out = self.strategy.forward(self.net, x)
-        metric(out.mean(0), y)
+        metric.update(out.mean(0), y)  # epoch-level only: no per-batch value to compute
+        # epoch-level values: accumulated on the device, reduced across ranks once at epoch end
         self.log(f"{stage}/loss", self.loss(out, y), prog_bar=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True)
 

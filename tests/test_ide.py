@@ -300,3 +300,24 @@ def test_parameter_counts_match_the_paper(name, classes, shape, kw, count, paper
         unit = {"K": 1e3, "M": 1e6}[paper[-1]]
         step = unit * (0.1 if "." in paper else 1.0)
         assert abs((count - 1) - float(paper[:-1]) * unit) < step
+
+
+@pytest.mark.parametrize("name", ["f_conv", "multilayer_f"])
+def test_ide_training_step_memory_does_not_grow_with_T(name):
+    """Peak live tensor memory of a whole IDE step (simulation, adjoint, backward) is the same at
+    T=30 and T=100: the rate is accumulated online and no [T, B, ...] tensor is made. The tracker
+    counts every storage allocated in the step; a stack of per-step spikes adds (T-30) spike maps."""
+    from lightning_snn.profiling import TensorMemoryTracker
+
+    peaks = {}
+    for T in (30, 100):
+        net, x, y = tiny(name)
+        net.train()
+        ide = STRATEGIES.build("ide", T=T, max_iter=20, tol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the solver's tolerance is not the point
+            with TensorMemoryTracker() as mem:
+                F.cross_entropy(ide.forward(net, x).mean(0), y).backward()
+        peaks[T] = mem.peak
+    assert peaks[30] > 0
+    assert peaks[100] <= 1.1 * peaks[30], peaks

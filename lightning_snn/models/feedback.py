@@ -88,9 +88,17 @@ class FeedbackContext:
     feedback_weight: Tensor
     masks: list[Tensor | None]  # one variational dropout mask per layer input (None = no dropout)
     leak: float
+    # [B, ...] the one current of a static input. Steps read it, not a slice of ``current``: the
+    # backward of a slice of an expanded tensor would allocate a [T, B, ...] gradient.
+    static_current: Tensor | None = None
+
+    def current_at(self, t: int) -> Tensor:
+        return self.static_current if self.static_current is not None else self.current[t]
 
     @property
     def mean_current(self) -> Tensor:
+        if self.static_current is not None:
+            return self.static_current
         return self.current[0] if self.current.stride(0) == 0 else weighted_rate(self.current, self.leak)
 
 
@@ -149,7 +157,12 @@ class FeedbackSNN(SpikingNet):
     # --------------------------------------------------------------------------- pieces
     def prepare(self, x: Tensor) -> FeedbackContext:
         """Input current and feedback weight (with graph), and this batch's dropout masks."""
-        current = self.input(x)
+        static: Tensor | None = None
+        if x.shape[0] > 1 and x.stride(0) == 0:  # direct encoding: the ops run once, on [B, ...]
+            static = self.input(x[:1])[0]
+            current = static.unsqueeze(0).expand(x.shape[0], *static.shape)
+        else:
+            current = self.input(x)
         weight = self.feedback.weight()
         masks: list[Tensor | None] = [None] * len(self.neurons)
         if self.training and self.dropout > 0:
@@ -163,7 +176,7 @@ class FeedbackSNN(SpikingNet):
             # mask[0] acts on a_L (feedback input), mask[l] on a_l (input of hidden op l)
             shapes = [shapes[-1]] + shapes[:-1]
             masks = [torch.bernoulli(probe.new_full(s, keep)) / keep for s in shapes]
-        return FeedbackContext(current, weight, masks, self.neurons[0].leak_value())
+        return FeedbackContext(current, weight, masks, self.neurons[0].leak_value(), static)
 
     def _drop(self, a: Tensor, mask: Tensor | None) -> Tensor:
         return a if mask is None else a * mask
@@ -174,20 +187,25 @@ class FeedbackSNN(SpikingNet):
         for n in self.neurons:
             n.reset_state()
         T = ctx.current.shape[0]
-        last_spikes: list[Tensor] = []
+        leak = self.neurons[-1].leak_value()
+        # weighted rate accumulated online, a = sum_t leak^(T-1-t) s[t] / sum_k leak^k, through
+        # acc[t] = leak * acc[t-1] + s[t]: no [T, B, ...] stack, so memory does not grow with T
+        acc: Tensor | None = None
         s_last: Tensor | None = None
         for t in range(T):
-            i1 = ctx.current[t]
+            i1 = ctx.current_at(t)
             if s_last is not None:
                 i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
             s = self.neurons[0].step(i1)
             for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
                 s = self.neurons[l].step(_batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
             s_last = s
-            last_spikes.append(s)
+            acc = s if acc is None else (acc + s if leak == 1.0 else leak * acc + s)
         for n in self.neurons:
             n.reset_state()
-        return weighted_rate(torch.stack(last_spikes), self.neurons[-1].leak_value())
+        assert acc is not None  # T >= 1
+        norm = float(T) if leak == 1.0 else sum(leak**k for k in range(T))
+        return acc / norm
 
     def equilibrium_map(
         self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
