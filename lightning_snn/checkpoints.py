@@ -118,12 +118,18 @@ def verify_checkpoint(path: str | Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents (tensors memory-mapped, not read); a clear error naming the file."""
+    """The checkpoint's contents (tensors memory-mapped, not read); a clear error naming the file.
+    Besides tensors and builtins, the project's own configuration dataclasses may be in its
+    hyper-parameters (a module built in Python rather than from a config)."""
+    from lightning_snn.loss import LossConfig
+    from lightning_snn.neurons import NeuronConfig
+
     verify_checkpoint(path)
     if Path(path).is_dir():
         return {}
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        with torch.serialization.safe_globals([NeuronConfig, LossConfig]):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _unusable(path, f"cannot be read ({first})") from e

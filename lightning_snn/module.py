@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -89,6 +90,11 @@ class SNNModule(pl.LightningModule):
                        warmup_steps=warmup_steps, milestones=milestones)
         self.save_hyperparameters()
         self.neuron = neuron or NeuronConfig()
+        # defaults stored as such, so a checkpoint compares equal to a config that spells them out
+        if neuron is None:
+            self.hparams["neuron"] = dataclasses.asdict(self.neuron)
+        if loss is None:
+            self.hparams["loss"] = dataclasses.asdict(LossConfig())
         strategy_cls = STRATEGIES.get(strategy)
         self.net: SpikingNet = MODELS.build(
             network,

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from wandb_offline import history
 
+from lightning_snn.checkpoints import CheckpointError
 from lightning_snn.cli import main
 from lightning_snn.module import SNNModule
 from lightning_snn.report import E_AC_PJ, E_MAC_PJ, SpikeEnergyReport
@@ -131,7 +132,7 @@ def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path,
     out = tmp_path / "model.nir"
     out.write_bytes(b"previous")
     common = ["--config", config, f"--data.root={data_root}", "--trainer.accelerator=cpu", "--out", str(out)]
-    with pytest.raises(FileNotFoundError, match="--ckpt_path 'missing.ckpt' does not exist"):
+    with pytest.raises(CheckpointError, match="--ckpt_path missing.ckpt does not exist"):
         main(["export", "--ckpt_path", "missing.ckpt", *common])
     broken = torch.load(fmnist_ckpt, weights_only=False)
     del broken["state_dict"]["net.layers.2.0.weight"]
