@@ -1,0 +1,148 @@
+"""Proxy learning: train an IF SNN through a ReLU ANN that shares its weights.
+
+Kheradpisheh, Mirsadeghi, Masquelier, "Spiking neural networks trained via proxy" (IEEE Access
+2022). One model is run twice per batch, independently:
+
+* the **SNN**: every spiking layer is an IF neuron (no graph, ``no_grad``), driven for T steps by
+  the direct-encoded input; its output is the spike count of the output layer (a model ending in
+  a spiking layer) or the time mean of a linear read-out;
+* the **ANN**: the same module, same parameters, one pass on the static input with every hidden
+  spiking layer acting as ReLU and the output spiking layer as the identity (the ANN's last layer
+  is a plain linear layer). The swap is a :func:`neuron_dynamics` context, so the ANN is not a
+  copy and the weights are shared by construction.
+
+The ANN's output *value* is replaced by the SNN's and the error is back-propagated through the
+ANN's graph::
+
+    y = y_ann + (c_snn - y_ann).detach()      value c_snn, gradient J_ann^T dL/dy
+
+With ``loss: count_mse`` (the paper) the loss is ``mean((c - onehot(y))^2)`` over B x classes: one
+spike for the true class, none for the others; ``loss: module`` uses ``SNNModule``'s loss
+(cross-entropy of the output).
+
+Batch norm: the running statistics belong to the SNN (the network that is evaluated): the SNN's
+training pass updates them (statistics over the T*B spike maps of all steps), the ANN's pass
+normalises with its own batch statistics and leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_snn.models.base import SpikingNet
+from lightning_snn.neurons import LIF, neuron_dynamics
+from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
+
+if TYPE_CHECKING:
+    from lightning_snn.module import SNNModule
+
+RESETS = ("hard", "subtract")
+LOSSES = ("count_mse", "module")
+
+
+def output_neuron(model: nn.Module) -> LIF | None:
+    """The spiking layer that produces the model's output (its last layer), if there is one."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.Sequential) and len(layers) and isinstance(layers[-1], LIF):
+        return layers[-1]
+    return None
+
+
+def if_dynamics(layer: LIF, x: Tensor, reset: str = "hard") -> Tensor:
+    """IF neuron over ``[T, B, ...]``: ``v += x[t]``, fire at ``v >= Vth``, then reset to 0
+    (``hard``, spikingjelly's IFNode) or subtract Vth (``subtract``). Spikes in {0, 1}, no graph."""
+    vth = layer.vth().detach().to(x.dtype)
+    v = torch.zeros_like(x[0])
+    out = x.new_empty(x.shape)
+    for t in range(x.shape[0]):
+        v = v + x[t]
+        s = (v >= vth).to(x.dtype)
+        v = v * (1.0 - s) if reset == "hard" else v - vth * s
+        out[t] = s
+    return out
+
+
+@contextmanager
+def as_relu_network(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its ReLU twin: hidden spiking layers are ReLU, the output spiking layer is
+    the identity, and batch norms use batch statistics without touching the running ones."""
+    out = output_neuron(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+
+    def relu(layer: LIF, x: Tensor) -> Tensor:
+        return x if layer is out else F.relu(x)
+
+    for bn in bns:
+        bn.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
+    try:
+        with neuron_dynamics(model, relu):
+            yield
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+
+
+@STRATEGIES.register("proxy")
+class Proxy(GradientStrategy):
+    """Proxy learning for feed-forward models.
+
+    Args:
+        T: SNN time steps (the paper's Fashion-MNIST notebook: 15).
+        reset: ``hard`` (reset to 0 after a spike, the paper's spikingjelly IF node) or
+            ``subtract`` (the project's reset by subtraction).
+        loss: ``count_mse`` (MSE between output spike counts and a one-spike one-hot target, the
+            paper) or ``module`` (the ``SNNModule`` loss on the SNN output).
+    """
+
+    name = "proxy"
+    supported_kinds = frozenset({"feedforward"})
+
+    def __init__(self, T: int, reset: Literal["hard", "subtract"] = "hard",
+                 loss: Literal["count_mse", "module"] = "count_mse") -> None:
+        super().__init__(T)
+        if reset not in RESETS:
+            raise ValueError(f"proxy reset must be one of {RESETS}, got {reset!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"proxy loss must be one of {LOSSES}, got {loss!r}")
+        self.reset, self.loss = reset, loss
+
+    def check_model(self, model: SpikingNet) -> None:
+        super().check_model(model)
+        if any(m.config.leak != 1.0 for m in model.spiking_layers()):
+            raise ValueError("proxy learning pairs IF neurons with ReLU: set model.neuron.leak to 1.0")
+
+    def snn(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """The SNN's output ``[B, classes]`` (no graph): output spike counts, or the time mean of
+        a linear read-out."""
+        with torch.no_grad(), neuron_dynamics(model, lambda l, s: if_dynamics(l, s, self.reset)):
+            out = model(self.encode(x))
+        return out.sum(0) if output_neuron(model) is not None else out.mean(0)
+
+    def ann(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """The ReLU twin's output ``[B, classes]`` (with graph): one pass on the static input."""
+        if x.dim() == 5:
+            raise ValueError("proxy learning takes static input (direct encoding), got event frames")
+        with as_relu_network(model):
+            return model(x.unsqueeze(0))[0]
+
+    def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """``[1, B, classes]``: the SNN's output in value, the ANN's gradient when training."""
+        c = self.snn(model, x)
+        if not torch.is_grad_enabled():
+            return c.unsqueeze(0)
+        y_ann = self.ann(model, x)
+        return (y_ann + (c - y_ann).detach()).unsqueeze(0)
+
+    def training_step(self, module: "SNNModule", x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.forward(module.net, x)
+        if self.loss == "module":
+            return module.loss(out, y), out
+        target = F.one_hot(y, out.shape[-1]).to(out.dtype)  # one spike for the true class
+        return F.mse_loss(out[0], target), out
