@@ -193,17 +193,26 @@ class FeedbackSNN(SpikingNet):
         self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
     ) -> Tensor:
         """``f(a_L, x)``; with ``detach=True`` no parameter is in the graph (adjoint products)."""
+        for l in range(len(self.neurons)):
+            a = self.layer_map(l, a, ctx, bn, detach)
+        return a
+
+    def layer_map(
+        self, l: int, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
+    ) -> Tensor:
+        """Layer ``l``'s part of the equivalent map (0-based): ``a_1 = f_0(a_L)`` (feedback plus
+        input current), ``a_{l+1} = f_l(a_l)``; their composition is :meth:`equilibrium_map`."""
         def p(t: Tensor) -> Tensor:
             return t.detach() if detach else t
 
-        vth = [p(n.threshold) for n in self.neurons]
-        fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
-        a = torch.clamp((fb + p(ctx.mean_current)) / vth[0], 0.0, 1.0)
-        for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
-            w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
-            cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
-            a = torch.clamp(_batch_norm(cur, bnm, bn, detach) / vth[l], 0.0, 1.0)
-        return a
+        vth = p(self.neurons[l].threshold)
+        if l == 0:
+            fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
+            return torch.clamp((fb + p(ctx.mean_current)) / vth, 0.0, 1.0)
+        op, bnm = self.hidden_ops[l - 1], self.hidden_bns[l - 1]
+        w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
+        cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
+        return torch.clamp(_batch_norm(cur, bnm, bn, detach) / vth, 0.0, 1.0)
 
     def readout(self, a: Tensor) -> Tensor:
         return self.classifier(a.flatten(1))
