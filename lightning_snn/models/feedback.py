@@ -34,7 +34,8 @@ BNMode = Literal["running", "batch", "update"]
 class RestrictedWeight(nn.Module):
     """Spectral-norm restriction ``W = g * W_raw / sigma(W_raw)`` with ``|g| <= norm_range``.
 
-    ``sigma`` is estimated by one power iteration per training call (persistent ``u``, ``v``).
+    ``sigma`` is estimated by one power iteration per training call (persistent ``u``, ``v``;
+    ``v <- W^T u / |W^T u|`` then ``u <- W v / |W v|``, ``sigma = u^T W v``, the official order).
     The gain is initialised to ``min(sigma(W_init), norm_range)`` and projected back into
     ``[-norm_range, norm_range]`` before each use, so it always has a gradient (a clamp in the
     forward pass would leave it without one whenever the initial norm exceeds the range).
@@ -48,8 +49,8 @@ class RestrictedWeight(nn.Module):
         u = F.normalize(torch.randn(mat.shape[0]), dim=0)
         v = F.normalize(mat.t() @ u, dim=0)
         for _ in range(100):  # a good initial estimate; one iteration per step afterwards
-            u = F.normalize(mat @ v, dim=0)
             v = F.normalize(mat.t() @ u, dim=0)
+            u = F.normalize(mat @ v, dim=0)
         self.register_buffer("u", u)
         self.register_buffer("v", v)
         sigma = float(u @ mat @ v)
@@ -65,8 +66,9 @@ class RestrictedWeight(nn.Module):
         mat = self._matrix(raw)
         if self.training:
             with torch.no_grad():
-                self.u.copy_(F.normalize(mat.detach() @ self.v, dim=0))
+                # v then u, the official order (as torch.nn.utils.spectral_norm)
                 self.v.copy_(F.normalize(mat.detach().t() @ self.u, dim=0))
+                self.u.copy_(F.normalize(mat.detach() @ self.v, dim=0))
                 self.gain.clamp_(-self.norm_range, self.norm_range)
         sigma = self.u @ mat @ self.v
         return self.gain * raw / sigma
