@@ -2,6 +2,7 @@
 iteration order of the feedback restriction."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -57,3 +58,73 @@ def test_absolute_tolerance_is_per_element_like_the_official_solver():
     assert loose["ide/iterations"] == 1
     with pytest.raises(ValueError, match="tol_mode must be one of"):
         STRATEGIES.build("ide", T=4, tol_mode="rel")
+
+
+# ----------------------------------------------------------------------------- DSR, official LIF
+def test_dsr_official_lif_rule_by_hand():
+    """The official formulas, written out with Python floats on 4 units over T = 3 steps."""
+    from lightning_snn.neurons import LIF
+    from lightning_snn.strategies.dsr import dsr_dynamics
+
+    tau, dt, vth, alpha, T = 1.0, 0.5, 0.3, 0.5, 3
+    beta = math.exp(-dt / tau)
+    lif = LIF(NeuronConfig(threshold=vth, leak=beta, trainable_threshold=True,
+                           threshold_floor=1e-3)).double()
+    xs = [[0.4, 0.2, 0.5], [1.0, 0.9, 0.8], [-0.2, 0.1, -0.3], [0.05, 0.1, 0.3]]  # unit x time
+    gs = [[0.3, -0.1, 0.2], [0.5, 0.4, -0.6], [1.0, 1.0, 1.0], [-0.2, 0.7, 0.1]]
+    x = torch.tensor(xs, dtype=torch.float64).T.contiguous().requires_grad_()  # [T, 4]
+    g = torch.tensor(gs, dtype=torch.float64).T
+    out = dsr_dynamics(lif, x, alpha=alpha, spike_value="threshold", rule="official", tau=tau, dt=dt)
+    out.backward(g)
+    th = lif.threshold.item()  # the value the neuron really uses
+    w = [beta ** (T - 1 - t) for t in range(T)]  # w_i = exp(-(T dt - i dt) / tau), i = 1..T
+    exp_out, exp_gx, exp_gvth = [], [], 0.0
+    for xi, gi in zip(xs, gs):
+        m, o = 0.0, []
+        for t in range(T):
+            m = beta * m + (1 - beta) * xi[t]
+            s = th if m >= alpha * th else 0.0
+            m -= s
+            o.append(s / dt)
+        exp_out.append(o)
+        r_in = sum(wt * v for wt, v in zip(w, xi)) / sum(w)
+        G = sum(wt * v for wt, v in zip(w, gi)) / sum(w)
+        exp_gx.append([G / tau if 0 < r_in < th * tau / dt else 0.0] * T)
+        exp_gvth += dt * T * G if r_in > th * tau / dt else 0.0
+    exp_out_t = torch.tensor(exp_out, dtype=torch.float64).T
+    assert exp_out_t.abs().sum() > 0 and (exp_out_t == 0).any()  # fires, and not everywhere
+    assert exp_gvth != 0 and any(v[0] == 0 for v in exp_gx) and any(v[0] != 0 for v in exp_gx)
+    torch.testing.assert_close(out.detach(), exp_out_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, torch.tensor(exp_gx, dtype=torch.float64).T,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lif.threshold.grad, torch.tensor(exp_gvth, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_dsr_lif_readout_is_the_weighted_rate_and_official_checks():
+    torch.manual_seed(0)
+    beta = math.exp(-0.05)
+    cfg = NeuronConfig(threshold=0.3, leak=beta)
+    net = MODELS.build("vgg11", input_shape=(3, 32, 32), num_classes=4, neuron=cfg, width=0.05,
+                       head="spiking").double()
+    strat = STRATEGIES.build("dsr", T=4, spike_value="threshold", rule="official", tau=1.0, dt=0.05)
+    strat.check_model(net)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    out = strat.forward(net, x)
+    assert out.shape == (1, 3, 4)
+    # the same run with per-step outputs kept: the score is their beta-weighted mean
+    steps = []
+    head = net.spiking_layers()[-1]
+    hook = head.register_forward_hook(lambda m, i, o: steps.append(o))
+    strat.forward(net, x)
+    hook.remove()
+    w = beta ** torch.arange(3, -1, -1, dtype=torch.float64)
+    torch.testing.assert_close(out[0], torch.einsum("t,tbc->bc", w, steps[0]) / w.sum(),
+                               rtol=1e-12, atol=1e-12)
+    bad = STRATEGIES.build("dsr", T=4, spike_value="threshold", rule="official", dt=0.1)
+    with pytest.raises(ValueError, match="leak = exp"):
+        bad.check_model(net)
+    with pytest.raises(ValueError, match="spike_value: threshold"):
+        STRATEGIES.build("dsr", T=4, rule="official")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        STRATEGIES.build("dsr", T=4, rule="paper")
