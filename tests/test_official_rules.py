@@ -128,3 +128,19 @@ def test_dsr_lif_readout_is_the_weighted_rate_and_official_checks():
         STRATEGIES.build("dsr", T=4, rule="official")
     with pytest.raises(ValueError, match="rule must be one of"):
         STRATEGIES.build("dsr", T=4, rule="paper")
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_threshold_follows_the_module_dtype_exactly(trainable):
+    from lightning_snn.neurons import LIF
+
+    lif = LIF(NeuronConfig(threshold=0.3, trainable_threshold=trainable))
+    assert lif.threshold.dtype == torch.get_default_dtype()
+    lif = lif.double()
+    assert lif.threshold.dtype == torch.float64 and lif.threshold.item() == 0.3
+    assert isinstance(lif.threshold, nn.Parameter) == trainable
+    assert lif.float().threshold.item() == float(torch.tensor(0.3, dtype=torch.float32))
+    if trainable:  # a learnt value is converted, not reset
+        with torch.no_grad():
+            lif.threshold.fill_(0.7)
+        assert lif.double().threshold.item() == float(torch.tensor(0.7, dtype=torch.float32))
