@@ -25,11 +25,20 @@ def test_spide_gradient_approaches_the_implicit_gradient_multilayer():
     assert err[250] < 0.02 and err[1000] < 0.005, err  # five layers of quantised backward spikes
 
 
+def test_spide_gradient_of_a_feed_forward_net_with_zero_feedback():
+    """SNNZero (LeNet): J = 0 at the last layer, the adjoint still crosses three layers of
+    backward spikes. The first layer's adjoint is ~100x smaller than the last one's, so at one
+    loss scale it is resolved coarsely: the error falls like 1/T_b but from a higher level."""
+    err = relative_errors("lenet_zero", [50, 250, 1000])
+    assert err[50] > err[250] > err[1000]
+    assert err[1000] < 0.06, err
+
+
 def test_the_feedback_term_matters():
     """Without the feedback adjoint (beta = dL/da) the gradient is far from the implicit one: the
     tolerance above would catch a SPIDE that dropped or flipped J^T."""
     net, x, y = small_net("f_mlp")
-    exact, beta = exact_gradient(net, x, y)
+    exact, _ = exact_gradient(net, x, y)
     ctx, a_star = implicit_parts(net, x)
     a = a_star.detach().requires_grad_()
     (g,) = torch.autograd.grad(F.cross_entropy(net.readout(a), y), a)
@@ -39,17 +48,19 @@ def test_the_feedback_term_matters():
     assert (naive - exact).norm() / exact.norm() > 0.1
 
 
-@pytest.mark.parametrize("name, shape", [("f_conv", (1, 8, 8)), ("alexnet_f", (3, 8, 8))])
+@pytest.mark.parametrize("name, shape", [("f_conv", (1, 8, 8)), ("alexnet_f", (3, 8, 8)),
+                                         ("lenet_zero", (1, 8, 8))])
 def test_spide_trains_feedback_models(name, shape):
     torch.manual_seed(0)
     kw = {"channels": 4} if name == "f_conv" else {}
-    net = MODELS.build(name, input_shape=shape, num_classes=3, neuron=NeuronConfig(threshold=2.0),
+    net = MODELS.build(name, input_shape=shape, num_classes=3, neuron=NeuronConfig(threshold=0.5),
                        dropout=0.2, **kw)
-    strat = STRATEGIES.build("spide", T=4, T_b=20, grad_scale=50.0)
+    strat = STRATEGIES.build("spide", T=8, T_b=20, grad_scale=50.0)
     strat.check_model(net)
-    out = strat.forward(net, torch.rand(2, *shape))
+    out = strat.forward(net, torch.rand(2, *shape) * 4)
     F.cross_entropy(out.mean(0), torch.tensor([0, 2])).backward()
-    assert net.input[0].weight.grad.abs().sum() > 0 and net.feedback.gain.grad is not None
+    assert net.input[0].weight.grad.abs().sum() > 0
+    assert net.feedback is None or net.feedback.gain.grad is not None
     stats = strat.step_metrics()
     assert 0 < stats["spide/backward_rate"] <= 1 and 0 <= stats["spide/saturated"] <= 1
     assert strat.step_metrics() == {}

@@ -87,7 +87,7 @@ class FeedbackContext:
     """What one batch needs, computed once: input current per step, feedback weight, masks."""
 
     current: Tensor  # [T, B, ...] BN(F x[t]); an expanded view for static input
-    feedback_weight: Tensor
+    feedback_weight: Tensor | None  # None: no feedback (``SNNZero``)
     masks: list[Tensor | None]  # one variational dropout mask per layer input (None = no dropout)
     leak: float
 
@@ -118,8 +118,11 @@ class FeedbackSNN(SpikingNet):
 
     Args:
         input_op: ``F`` (linear or conv) with its batch norm ``input_bn``.
-        hidden: ``(W_l, BN_l)`` of layers 2..L (empty for a single-layer model).
-        feedback_op: ``W_fb`` from layer L back to layer 1, restricted to norm ``<= norm_range``.
+        hidden: ``(W_l, BN_l)`` of layers 2..L (empty for a single-layer model); ``W_l`` is any
+            stateless module (a conv, or e.g. pooling followed by a conv or a linear layer).
+        feedback_op: ``W_fb`` from layer L back to layer 1, restricted to norm ``<= norm_range``;
+            ``None`` is zero feedback (SPIDE's ``SNNZero``: a feed-forward net whose "equilibrium"
+            is reached in one pass, trained by the implicit strategies).
         classifier: linear read-out of the flattened ``a_L``.
         dropout: variational dropout on every layer input: one mask per batch, all time steps.
     """
@@ -131,7 +134,7 @@ class FeedbackSNN(SpikingNet):
         input_op: nn.Module,
         input_bn: nn.Module,
         hidden: Sequence[tuple[nn.Module, nn.Module]],
-        feedback_op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d,
+        feedback_op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d | None,
         classifier: nn.Linear,
         neuron: NeuronConfig | None,
         dropout: float = 0.0,
@@ -143,7 +146,7 @@ class FeedbackSNN(SpikingNet):
         self.input = TimeDistributed(input_op, input_bn)
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
-        self.feedback = RestrictedWeight(feedback_op, norm_range)
+        self.feedback = None if feedback_op is None else RestrictedWeight(feedback_op, norm_range)
         self.neurons = nn.ModuleList([LIF(neuron) for _ in range(len(hidden) + 1)])
         self.classifier = classifier
         self.dropout = dropout
@@ -152,15 +155,15 @@ class FeedbackSNN(SpikingNet):
     def prepare(self, x: Tensor) -> FeedbackContext:
         """Input current and feedback weight (with graph), and this batch's dropout masks."""
         current = self.input(x)
-        weight = self.feedback.weight()
+        weight = None if self.feedback is None else self.feedback.weight()
         masks: list[Tensor | None] = [None] * len(self.neurons)
         if self.training and self.dropout > 0:
             shapes = [current.shape[1:]]  # the shape of every layer's rate, layer 1 first
             with torch.no_grad():
-                probe = torch.zeros(current.shape[1:], device=current.device, dtype=current.dtype)
+                probe = torch.zeros((1, *current.shape[2:]), device=current.device, dtype=current.dtype)
                 for op in self.hidden_ops:
                     probe = op(probe)
-                    shapes.append(probe.shape)
+                    shapes.append(probe.shape[1:])
             keep = 1.0 - self.dropout
             # mask[0] acts on a_L (feedback input), mask[l] on a_l (input of hidden op l)
             shapes = [shapes[-1]] + shapes[:-1]
@@ -180,7 +183,7 @@ class FeedbackSNN(SpikingNet):
         s_last: Tensor | None = None
         for t in range(T):
             i1 = ctx.current[t]
-            if s_last is not None:
+            if s_last is not None and self.feedback is not None:
                 i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
             s = self.neurons[0].step(i1)
             for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
@@ -209,11 +212,18 @@ class FeedbackSNN(SpikingNet):
 
         vth = p(self.neurons[l].threshold)
         if l == 0:
-            fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
-            return torch.clamp((fb + p(ctx.mean_current)) / vth, 0.0, 1.0)
+            cur = p(ctx.mean_current)
+            if self.feedback is not None:
+                cur = cur + self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
+            else:  # zero feedback: f_0 does not depend on a_L (kept in the graph with weight 0)
+                cur = cur + 0.0 * a.sum()
+            return torch.clamp(cur / vth, 0.0, 1.0)
         op, bnm = self.hidden_ops[l - 1], self.hidden_bns[l - 1]
-        w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
-        cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
+        x = self._drop(a, ctx.masks[l])
+        if detach:  # the op with detached parameters: no parameter in the graph
+            cur = torch.func.functional_call(op, {n: t.detach() for n, t in op.named_parameters()}, (x,))
+        else:
+            cur = op(x)
         return torch.clamp(_batch_norm(cur, bnm, bn, detach) / vth, 0.0, 1.0)
 
     def readout(self, a: Tensor) -> Tensor:
@@ -309,3 +319,22 @@ def cifarnet_f(
 ) -> FeedbackSNN:
     """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128."""
     return multilayer_f(input_shape, num_classes, neuron, (128, 256, 512, 1024, 512), dropout, norm_range)
+
+
+@MODELS.register("lenet_zero")
+def lenet_zero(
+    input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+    channels: Sequence[int] = (15, 40), hidden: int = 300, dropout: float = 0.0,
+) -> FeedbackSNN:
+    """SPIDE's MNIST LeNet with ``SNNZero`` feedback (a feed-forward SNN trained by SPIDE):
+    conv5x5 1->15, avg-pool 2, conv5x5 15->40, avg-pool 2, FC 1960->300, linear classifier; no
+    batch norm, no feedback."""
+    c, h, w = input_shape
+    c1, c2 = channels
+    hidden_ops = [
+        (nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c1, c2, 5, padding=2)), nn.Identity()),
+        (nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden)),
+         nn.Identity()),
+    ]
+    return FeedbackSNN(nn.Conv2d(c, c1, 5, padding=2), nn.Identity(), hidden_ops, None,
+                       nn.Linear(hidden, num_classes), neuron, dropout)
