@@ -72,7 +72,9 @@ def test_every_strategy_trains_every_model(name, strategy):
     else:
         out = strat.forward(net, x)
         F.cross_entropy(out.mean(0), y).backward()
-    assert out.shape == (3, 3, 5)
+    # DSR scores a leaky spiking head by its weighted firing rate: one output step
+    steps = 1 if strategy == "dsr" and (kwargs.get("head") == "spiking" or name == "vgg11_dvs") else 3
+    assert out.shape == (steps, 3, 5)
     grads = {n: p.grad for n, p in net.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), name
     nonzero = [n for n, g in grads.items() if g.abs().sum() > 0]
@@ -82,7 +84,7 @@ def test_every_strategy_trains_every_model(name, strategy):
         assert len(nonzero) > len(grads) // 2, (name, strategy, sorted(set(grads) - set(nonzero)))
     net.eval()
     with torch.no_grad():
-        assert strat.forward(net, x).shape == (3, 3, 5)
+        assert strat.forward(net, x).shape == (steps, 3, 5)
 
 
 # data sets of the reference configs: (classes, reduced input shape, event frames?)
