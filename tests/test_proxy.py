@@ -96,10 +96,11 @@ def test_ann_pass_leaves_running_statistics_to_the_snn():
     strat = STRATEGIES.build("proxy", T=T)
     before = bn.running_mean.clone()
     with torch.no_grad():
-        strat.snn(net, x)
+        _, output = strat.snn(net, x)
+    assert output is net.layers[-1]  # the spiking output layer is found
     after_snn = bn.running_mean.clone()
     assert not torch.allclose(before, after_snn)
-    strat.ann(net, x).sum().backward()
+    strat.ann(net, x, output).sum().backward()
     assert torch.equal(bn.running_mean, after_snn)  # not recomputed: the very same values
     assert all(m.dynamics is None for m in net.spiking_layers())  # dynamics restored
     assert bn.momentum == 0.1
@@ -123,3 +124,31 @@ def test_paper_model_and_bad_options():
         strat.check_model(lif_net)
     with pytest.raises(ValueError, match="cannot train model"):
         strat.check_model(MODELS.build("f_mlp", input_shape=(1, 4, 4), num_classes=3))
+
+
+def test_linear_readout_model_uses_the_mean_readout_and_relu_twin():
+    """A model ending in a linear read-out (``mlp``): the SNN's output is the time mean of the
+    read-out, the ANN's last layer is that linear layer."""
+    torch.manual_seed(1)
+    net = MODELS.build("mlp", input_shape=(1, 3, 3), num_classes=3, neuron=NeuronConfig(threshold=0.5),
+                       hidden=(7,), batch_norm=False).double()
+    fc1, fc2 = net.layers[0][1], net.layers[2][0]
+    x, T = torch.rand(4, 1, 3, 3, dtype=torch.float64) * 2, 5
+    with torch.no_grad():  # IF with reset to 0, by hand
+        cur, v, spikes = fc1(x.flatten(1)), 0.0, 0.0
+        for _ in range(T):
+            v = v + cur
+            s = (v >= 0.5).double()
+            v = v * (1 - s)
+            spikes = spikes + s
+        c = fc2(spikes / T)
+    strat = STRATEGIES.build("proxy", T=T, loss="module")
+    out = strat.forward(net, x)
+    torch.testing.assert_close(out[0].detach(), c, rtol=1e-12, atol=1e-12)
+    out[0].square().sum().backward()
+    w1, w2 = fc1.weight.detach().clone().requires_grad_(), fc2.weight.detach().clone().requires_grad_()
+    y_ann = F.linear(F.relu(F.linear(x.flatten(1), w1, fc1.bias)), w2, fc2.bias)
+    y_ann.data.copy_(c)
+    y_ann.square().sum().backward()
+    torch.testing.assert_close(fc1.weight.grad, w1.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fc2.weight.grad, w2.grad, rtol=1e-10, atol=1e-12)

@@ -46,14 +46,6 @@ RESETS = ("hard", "subtract")
 LOSSES = ("count_mse", "module")
 
 
-def output_neuron(model: nn.Module) -> LIF | None:
-    """The spiking layer that produces the model's output (its last layer), if there is one."""
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, nn.Sequential) and len(layers) and isinstance(layers[-1], LIF):
-        return layers[-1]
-    return None
-
-
 def if_dynamics(layer: LIF, x: Tensor, reset: str = "hard") -> Tensor:
     """IF neuron over ``[T, B, ...]``: ``v += x[t]``, fire at ``v >= Vth``, then reset to 0
     (``hard``, spikingjelly's IFNode) or subtract Vth (``subtract``). Spikes in {0, 1}, no graph."""
@@ -69,15 +61,15 @@ def if_dynamics(layer: LIF, x: Tensor, reset: str = "hard") -> Tensor:
 
 
 @contextmanager
-def as_relu_network(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` as its ReLU twin: hidden spiking layers are ReLU, the output spiking layer is
-    the identity, and batch norms use batch statistics without touching the running ones."""
-    out = output_neuron(model)
+def as_relu_network(model: nn.Module, output: LIF | None = None) -> Iterator[None]:
+    """Run ``model`` as its ReLU twin: spiking layers are ReLU, the ``output`` spiking layer (the
+    one whose spikes are the model's output, if any) is the identity, and batch norms use batch
+    statistics without touching the running ones."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
 
     def relu(layer: LIF, x: Tensor) -> Tensor:
-        return x if layer is out else F.relu(x)
+        return x if layer is output else F.relu(x)
 
     for bn in bns:
         bn.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
@@ -118,26 +110,36 @@ class Proxy(GradientStrategy):
         if any(m.config.leak != 1.0 for m in model.spiking_layers()):
             raise ValueError("proxy learning pairs IF neurons with ReLU: set model.neuron.leak to 1.0")
 
-    def snn(self, model: SpikingNet, x: Tensor) -> Tensor:
-        """The SNN's output ``[B, classes]`` (no graph): output spike counts, or the time mean of
-        a linear read-out."""
-        with torch.no_grad(), neuron_dynamics(model, lambda l, s: if_dynamics(l, s, self.reset)):
-            out = model(self.encode(x))
-        return out.sum(0) if output_neuron(model) is not None else out.mean(0)
+    def snn(self, model: SpikingNet, x: Tensor) -> tuple[Tensor, LIF | None]:
+        """The SNN's output ``[B, classes]`` (no graph): the spike counts of the output layer
+        when the model ends in a spiking layer (returned too), else the time mean of its
+        read-out."""
+        last: dict[str, object] = {}
 
-    def ann(self, model: SpikingNet, x: Tensor) -> Tensor:
-        """The ReLU twin's output ``[B, classes]`` (with graph): one pass on the static input."""
+        def run(layer: LIF, inp: Tensor) -> Tensor:
+            last["layer"], last["out"] = layer, if_dynamics(layer, inp, self.reset)
+            return last["out"]  # type: ignore[return-value]
+
+        with torch.no_grad(), neuron_dynamics(model, run):
+            out = model(self.encode(x))
+        if last.get("out") is out:  # the output is a spiking layer's spikes: count them
+            return out.sum(0), last["layer"]  # type: ignore[return-value]
+        return out.mean(0), None
+
+    def ann(self, model: SpikingNet, x: Tensor, output: LIF | None = None) -> Tensor:
+        """The ReLU twin's output ``[B, classes]`` (with graph): one pass on the static input,
+        ``output`` (the spiking output layer) acting as the identity."""
         if x.dim() == 5:
             raise ValueError("proxy learning takes static input (direct encoding), got event frames")
-        with as_relu_network(model):
+        with as_relu_network(model, output):
             return model(x.unsqueeze(0))[0]
 
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
         """``[1, B, classes]``: the SNN's output in value, the ANN's gradient when training."""
-        c = self.snn(model, x)
+        c, output = self.snn(model, x)
         if not torch.is_grad_enabled():
             return c.unsqueeze(0)
-        y_ann = self.ann(model, x)
+        y_ann = self.ann(model, x, output)
         return (y_ann + (c - y_ann).detach()).unsqueeze(0)
 
     def training_step(self, module: "SNNModule", x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
