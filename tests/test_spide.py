@@ -75,3 +75,24 @@ def test_spide_rejects_bad_options_and_models():
     mlp = MODELS.build("mlp", input_shape=(1, 4, 4), num_classes=3)
     with pytest.raises(ValueError, match="cannot train model"):
         STRATEGIES.build("spide", T=4).check_model(mlp)
+
+
+@pytest.mark.parametrize("T", [5, 12])
+def test_official_forward_neuron_rounds(T):
+    """alpha = 0.5 (fire at Vth/2, subtract Vth: the official neuron) keeps the rate within
+    1/(2T) of the equivalent map; the model's neuron (alpha = 1) floors, up to 1/T."""
+    from lightning_snn.strategies.spide import firing_at
+
+    net, x, _ = small_net("f_mlp")
+    with torch.no_grad():
+        net.feedback.gain.zero_()  # a = clamp(I / Vth): the map is exact without feedback
+        ctx = net.prepare(STRATEGIES.build("spide", T=T).encode(x))
+        target = net.equilibrium_map(torch.zeros(6, 24, dtype=torch.float64), ctx, bn="running")
+        assert ((target > 0.05) & (target < 0.95)).double().mean() > 0.2  # many units inside
+        rounded = net.simulate(ctx, step=firing_at(0.5))
+        floored = net.simulate(ctx, step=firing_at(1.0))
+        torch.testing.assert_close(floored, net.simulate(ctx), rtol=0, atol=1e-12)  # the model's
+    assert (rounded - target).abs().max() <= 1 / (2 * T) + 1e-12
+    assert (floored - target).abs().max() > 1 / (2 * T)
+    with pytest.raises(ValueError, match="alpha"):
+        STRATEGIES.build("spide", T=4, alpha=0.0)

@@ -16,7 +16,7 @@ feedback weight and dropout masks, computed once per batch), ``simulate`` (the S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -173,9 +173,13 @@ class FeedbackSNN(SpikingNet):
     def _drop(self, a: Tensor, mask: Tensor | None) -> Tensor:
         return a if mask is None else a * mask
 
-    def simulate(self, ctx: FeedbackContext, bn: BNMode = "running") -> Tensor:
+    def simulate(self, ctx: FeedbackContext, bn: BNMode = "running",
+                 step: Callable[[LIF, Tensor], Tensor] | None = None) -> Tensor:
         """Run the SNN for ``T = ctx.current.shape[0]`` steps from rest; return the weighted
-        firing rate of the last layer. Differentiable through surrogates when grad is enabled."""
+        firing rate of the last layer. Differentiable through surrogates when grad is enabled.
+        ``step(layer, current)`` replaces the layers' own single-step dynamics (it keeps the
+        state itself; a fresh one per call)."""
+        step = step or (lambda layer, i: layer.step(i))
         for n in self.neurons:
             n.reset_state()
         T = ctx.current.shape[0]
@@ -185,9 +189,9 @@ class FeedbackSNN(SpikingNet):
             i1 = ctx.current[t]
             if s_last is not None and self.feedback is not None:
                 i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
-            s = self.neurons[0].step(i1)
+            s = step(self.neurons[0], i1)
             for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
-                s = self.neurons[l].step(_batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
+                s = step(self.neurons[l], _batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
             s_last = s
             last_spikes.append(s)
         for n in self.neurons:

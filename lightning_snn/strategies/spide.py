@@ -26,18 +26,38 @@ equivalent map (``dW_l = (beta_l * m_l) a_{l-1}^T / Vth`` for a linear op), the 
 the input current. Batch norm as in IDE: the simulation uses running statistics, the one
 differentiable evaluation updates them, the backward phase uses batch statistics.
 
-The forward neurons are the model's (fire at Vth, subtract Vth); the official code's forward
-neuron fires at Vth and subtracts 2 Vth (``u_rest = -Vth``), which is the project's neuron with
-threshold 2 Vth firing at half of it.
+Forward neurons: ``alpha`` sets where they fire, ``h >= alpha * Vth``, subtracting Vth
+(``alpha = 1``: the model's own neurons, flooring). The official code's forward neuron fires at
+Vth and subtracts 2 Vth (``u_rest = -Vth``), i.e. this project's threshold ``2 Vth`` with
+``alpha = 0.5``, which rounds instead of flooring (rate error <= 1/(2T) instead of 1/T).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lightning_snn.models.feedback import FeedbackContext, FeedbackSNN
+from lightning_snn.neurons import LIF
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
+
+
+def firing_at(alpha: float) -> Callable[[LIF, Tensor], Tensor]:
+    """Single-step neuron dynamics (no graph) firing at ``alpha * Vth`` and subtracting Vth:
+    ``h = lambda v + I``, ``s = 1[h >= alpha Vth]``, ``v = h - Vth s``; state kept per layer."""
+    state: dict[LIF, Tensor] = {}
+
+    def step(layer: LIF, i: Tensor) -> Tensor:
+        v = state.get(layer)
+        h = i if v is None else layer.leak * v + i
+        th = layer.threshold.detach().to(h.dtype)
+        s = (h >= alpha * th).to(h.dtype)
+        state[layer] = h - th * s
+        return s
+
+    return step
 
 
 class _SpikingAdjoint(torch.autograd.Function):
@@ -63,14 +83,19 @@ class SPIDE(GradientStrategy):
         u_rest_b: their reset potential (default ``-Vth_b``: spikes of size ``2 Vth_b``, rounding).
         grad_scale: multiplies the loss gradient injected into the backward neurons (and divides
             the resulting rates), so that ``|g|`` is resolved by rates of resolution ``c / T_b``.
+        alpha: forward neurons fire at ``alpha * Vth`` and subtract Vth (0.5: the official
+            neuron, see the module docstring; 1: the model's neurons).
     """
 
     name = "spide"
     supported_kinds = frozenset({"feedback"})
 
     def __init__(self, T: int, T_b: int = 250, Vth_b: float = 0.5, u_rest_b: float | None = None,
-                 grad_scale: float = 1.0) -> None:
+                 grad_scale: float = 1.0, alpha: float = 1.0) -> None:
         super().__init__(T)
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
         if isinstance(T_b, bool) or not isinstance(T_b, int) or T_b <= 0:
             raise ValueError(f"backward time steps T_b must be a positive integer, got {T_b!r}")
         if not Vth_b > 0:
@@ -86,7 +111,8 @@ class SPIDE(GradientStrategy):
     def forward(self, model: FeedbackSNN, x: Tensor) -> Tensor:
         ctx = model.prepare(self.encode(x))
         with torch.no_grad():
-            a_star = model.simulate(ctx, bn="running")
+            a_star = model.simulate(ctx, bn="running",
+                                    step=None if self.alpha == 1.0 else firing_at(self.alpha))
         if not torch.is_grad_enabled():
             return model.readout(a_star).unsqueeze(0)
         return model.readout(self.implicit(model, ctx, a_star)).unsqueeze(0)
