@@ -1,5 +1,6 @@
-"""Training-step time and peak memory of BPTT, OTTT_A, OTTT_O and DSR against the number of time
-steps T, for the same VGG-11 on CIFAR-sized input.
+"""Training-step time and peak memory of BPTT, OTTT_A, OTTT_O, DSR, SPIDE and proxy learning against
+the number of time steps T, for the same VGG-11 on CIFAR-sized input (SPIDE, which trains feedback
+models, on ``--feedback-network``; proxy learning and SPIDE with IF neurons, which they need).
 
 Every (strategy, T) point runs in a fresh subprocess. Peak memory of one training step: on CUDA
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before the step; on CPU the rise of
@@ -9,6 +10,7 @@ Step time is the mean of the following steps.
 
     python bench/strategies_memory.py                      # the full table
     python bench/strategies_memory.py --T 2 4 --batch-size 4 --strategies bptt ottt_a
+    python bench/strategies_memory.py --T 2 4 8 --strategies spide proxy --T-b 50
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-STRATEGIES = ("bptt", "ottt_a", "ottt_o", "dsr")
+STRATEGIES = ("bptt", "ottt_a", "ottt_o", "dsr", "spide", "proxy")
+IF_ONLY = ("spide", "proxy")  # strategies whose neurons are IF
 
 
 def _status_kib(field: str) -> int:
@@ -31,7 +34,8 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, device: str) -> dict:
+def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, device: str,
+            feedback_network: str = "alexnet_f", T_b: int = 50) -> dict:
     """One point, in this process: peak memory of the first step, mean time of the next ones."""
     import torch
 
@@ -41,9 +45,13 @@ def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, de
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    neuron = NeuronConfig(threshold=1.0, leak=0.5, detach_reset=True, trainable_threshold=strategy == "dsr")
+    neuron = NeuronConfig(threshold=1.0, leak=1.0 if strategy in IF_ONLY else 0.5, detach_reset=True,
+                          trainable_threshold=strategy == "dsr")
+    if strategy == "spide":
+        network = feedback_network
     net = MODELS.build(network, input_shape=(3, 32, 32), num_classes=10, neuron=neuron).to(dev)
-    strat = REGISTRY.build(strategy, T=T)
+    extra = {"T_b": T_b, "grad_scale": 100.0} if strategy == "spide" else {}
+    strat = REGISTRY.build(strategy, T=T, **extra)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     x = torch.randn(batch_size, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch_size,), device=dev)
@@ -86,7 +94,7 @@ def measure(strategy: str, T: int, network: str, batch_size: int, steps: int, de
         times.append(time.perf_counter() - t0)
     return {"strategy": strategy, "T": T, "peak_mib": peak / 2**20,
             "step_s": sum(times) / len(times), "device": str(dev), "batch_size": batch_size,
-            "network": network}
+            "network": network, **({"T_b": T_b} if strategy == "spide" else {})}
 
 
 def main() -> None:
@@ -94,6 +102,8 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--T", nargs="+", type=int, default=[2, 4, 6, 8, 16])
     p.add_argument("--network", default="vgg11_ws", help="vgg11_ws (OTTT's model) or vgg11 (BN)")
+    p.add_argument("--feedback-network", default="alexnet_f", help="the model SPIDE trains")
+    p.add_argument("--T-b", type=int, default=50, help="SPIDE's backward time steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="timed steps after the measured first one")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -105,14 +115,16 @@ def main() -> None:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.point:  # child: one measurement, one JSON line
-        r = measure(args.point[0], int(args.point[1]), args.network, args.batch_size, args.steps, args.device)
+        r = measure(args.point[0], int(args.point[1]), args.network, args.batch_size, args.steps, args.device,
+                    args.feedback_network, args.T_b)
         print("RESULT " + json.dumps(r), flush=True)
         return
     rows = []
     for T in args.T:
         for s in args.strategies:
             cmd = [sys.executable, __file__, "--point", s, str(T), "--network", args.network,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device]
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device,
+                   "--feedback-network", args.feedback_network, "--T-b", str(args.T_b)]
             # fixed mmap threshold: large freed buffers go back to the OS, so RSS follows the heap
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -127,7 +139,8 @@ def main() -> None:
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     by = {(r["strategy"], r["T"]): r for r in rows}
     print(f"\n{args.network}, 3x32x32 input, batch {args.batch_size}, {rows[0]['device']}: "
-          "training-step time (s) / peak step memory (MiB)")
+          "training-step time (s) / peak step memory (MiB)"
+          + (f"; spide on {args.feedback_network} with T_b={args.T_b}" if "spide" in strategies else ""))
     print("| T | " + " | ".join(strategies) + " |")
     print("|---|" + "---|" * len(strategies))
     for T in args.T:

@@ -270,6 +270,20 @@ class LIF(SpikingNeuron):
     def leak(self) -> float:
         return self.config.leak
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Convert like any module, and let a threshold that still holds its configured value
+        take that value exactly in the new dtype (``.double()`` of a float32 layer gives 0.3,
+        not 0.30000001192)."""
+        th = self.threshold
+        configured = th.device.type != "meta" and th.is_floating_point() and float(th) == float(
+            torch.tensor(self.config.threshold, dtype=th.dtype))
+        super()._apply(fn, recurse)
+        th = self.threshold
+        if configured and th.is_floating_point() and th.device.type != "meta":
+            with torch.no_grad():
+                th.fill_(self.config.threshold)
+        return self
+
     def extra_repr(self) -> str:
         c = self.config
         kind = "IF" if c.leak == 1.0 else f"LIF(leak={c.leak})"

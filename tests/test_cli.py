@@ -43,6 +43,8 @@ def test_fast_dev_run_every_config(config, tmp_path, all_data_root):
     extra = ["--data.verify_md5=false"] if "cifar" in config.stem else []
     if "ide" in config.parts or "strategy: ide" in config.read_text():
         extra.append("--model.strategy_args.max_iter=3")
+    if "strategy: spide" in config.read_text():
+        extra.append("--model.strategy_args.T_b=5")
     cli = main(cli_args(config, tmp_path, all_data_root, "--trainer.fast_dev_run=2", "--model.T=2", *extra))
     metrics = cli.trainer.callback_metrics  # test_after_fit ran the test loop after the fit
     assert cli.trainer.global_step == 2

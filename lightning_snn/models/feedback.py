@@ -16,7 +16,7 @@ feedback weight and dropout masks, computed once per batch), ``simulate`` (the S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed
 from lightning_snn.models.base import MODELS, SpikingNet
-from lightning_snn.neurons import NeuronConfig, build_neuron, weighted_rate
+from lightning_snn.neurons import NeuronConfig, SpikingNeuron, build_neuron, weighted_rate
 
 BNMode = Literal["running", "batch", "update"]
 
@@ -34,7 +34,8 @@ BNMode = Literal["running", "batch", "update"]
 class RestrictedWeight(nn.Module):
     """Spectral-norm restriction ``W = g * W_raw / sigma(W_raw)`` with ``|g| <= norm_range``.
 
-    ``sigma`` is estimated by one power iteration per training call (persistent ``u``, ``v``).
+    ``sigma`` is estimated by one power iteration per training call (persistent ``u``, ``v``;
+    ``v <- W^T u / |W^T u|`` then ``u <- W v / |W v|``, ``sigma = u^T W v``, the official order).
     The gain is initialised to ``min(sigma(W_init), norm_range)`` and projected back into
     ``[-norm_range, norm_range]`` before each use, so it always has a gradient (a clamp in the
     forward pass would leave it without one whenever the initial norm exceeds the range).
@@ -48,8 +49,8 @@ class RestrictedWeight(nn.Module):
         u = F.normalize(torch.randn(mat.shape[0]), dim=0)
         v = F.normalize(mat.t() @ u, dim=0)
         for _ in range(100):  # a good initial estimate; one iteration per step afterwards
-            u = F.normalize(mat @ v, dim=0)
             v = F.normalize(mat.t() @ u, dim=0)
+            u = F.normalize(mat @ v, dim=0)
         self.register_buffer("u", u)
         self.register_buffer("v", v)
         sigma = float(u @ mat @ v)
@@ -65,8 +66,9 @@ class RestrictedWeight(nn.Module):
         mat = self._matrix(raw)
         if self.training:
             with torch.no_grad():
-                self.u.copy_(F.normalize(mat.detach() @ self.v, dim=0))
+                # v then u, the official order (as torch.nn.utils.spectral_norm)
                 self.v.copy_(F.normalize(mat.detach().t() @ self.u, dim=0))
+                self.u.copy_(F.normalize(mat.detach() @ self.v, dim=0))
                 self.gain.clamp_(-self.norm_range, self.norm_range)
         sigma = self.u @ mat @ self.v
         return self.gain * raw / sigma
@@ -85,7 +87,7 @@ class FeedbackContext:
     """What one batch needs, computed once: input current per step, feedback weight, masks."""
 
     current: Tensor  # [T, B, ...] BN(F x[t]); an expanded view for static input
-    feedback_weight: Tensor
+    feedback_weight: Tensor | None  # None: no feedback (``SNNZero``)
     masks: list[Tensor | None]  # one variational dropout mask per layer input (None = no dropout)
     leak: float
     # [B, ...] the one current of a static input. Steps read it, not a slice of ``current``: the
@@ -124,8 +126,11 @@ class FeedbackSNN(SpikingNet):
 
     Args:
         input_op: ``F`` (linear or conv) with its batch norm ``input_bn``.
-        hidden: ``(W_l, BN_l)`` of layers 2..L (empty for a single-layer model).
-        feedback_op: ``W_fb`` from layer L back to layer 1, restricted to norm ``<= norm_range``.
+        hidden: ``(W_l, BN_l)`` of layers 2..L (empty for a single-layer model); ``W_l`` is any
+            stateless module (a conv, or e.g. pooling followed by a conv or a linear layer).
+        feedback_op: ``W_fb`` from layer L back to layer 1, restricted to norm ``<= norm_range``;
+            ``None`` is zero feedback (SPIDE's ``SNNZero``: a feed-forward net whose "equilibrium"
+            is reached in one pass, trained by the implicit strategies).
         classifier: linear read-out of the flattened ``a_L``.
         dropout: variational dropout on every layer input: one mask per batch, all time steps.
     """
@@ -137,7 +142,7 @@ class FeedbackSNN(SpikingNet):
         input_op: nn.Module,
         input_bn: nn.Module,
         hidden: Sequence[tuple[nn.Module, nn.Module]],
-        feedback_op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d,
+        feedback_op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d | None,
         classifier: nn.Linear,
         neuron: NeuronConfig | None,
         dropout: float = 0.0,
@@ -149,7 +154,7 @@ class FeedbackSNN(SpikingNet):
         self.input = TimeDistributed(input_op, input_bn)
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
-        self.feedback = RestrictedWeight(feedback_op, norm_range)
+        self.feedback = None if feedback_op is None else RestrictedWeight(feedback_op, norm_range)
         self.neurons = nn.ModuleList([build_neuron(neuron) for _ in range(len(hidden) + 1)])
         self.classifier = classifier
         self.dropout = dropout
@@ -163,15 +168,15 @@ class FeedbackSNN(SpikingNet):
             current = static.unsqueeze(0).expand(x.shape[0], *static.shape)
         else:
             current = self.input(x)
-        weight = self.feedback.weight()
+        weight = None if self.feedback is None else self.feedback.weight()
         masks: list[Tensor | None] = [None] * len(self.neurons)
         if self.training and self.dropout > 0:
             shapes = [current.shape[1:]]  # the shape of every layer's rate, layer 1 first
             with torch.no_grad():
-                probe = torch.zeros(current.shape[1:], device=current.device, dtype=current.dtype)
+                probe = torch.zeros((1, *current.shape[2:]), device=current.device, dtype=current.dtype)
                 for op in self.hidden_ops:
                     probe = op(probe)
-                    shapes.append(probe.shape)
+                    shapes.append(probe.shape[1:])
             keep = 1.0 - self.dropout
             # mask[0] acts on a_L (feedback input), mask[l] on a_l (input of hidden op l)
             shapes = [shapes[-1]] + shapes[:-1]
@@ -181,9 +186,13 @@ class FeedbackSNN(SpikingNet):
     def _drop(self, a: Tensor, mask: Tensor | None) -> Tensor:
         return a if mask is None else a * mask
 
-    def simulate(self, ctx: FeedbackContext, bn: BNMode = "running") -> Tensor:
+    def simulate(self, ctx: FeedbackContext, bn: BNMode = "running",
+                 step: Callable[[SpikingNeuron, Tensor], Tensor] | None = None) -> Tensor:
         """Run the SNN for ``T = ctx.current.shape[0]`` steps from rest; return the weighted
-        firing rate of the last layer. Differentiable through surrogates when grad is enabled."""
+        firing rate of the last layer. Differentiable through surrogates when grad is enabled.
+        ``step(layer, current)`` replaces the layers' own single-step dynamics (it keeps the
+        state itself; a fresh one per call)."""
+        step = step or (lambda layer, i: layer.step(i))
         for n in self.neurons:
             n.reset_state()
         T = ctx.current.shape[0]
@@ -194,11 +203,11 @@ class FeedbackSNN(SpikingNet):
         s_last: Tensor | None = None
         for t in range(T):
             i1 = ctx.current_at(t)
-            if s_last is not None:
+            if s_last is not None and self.feedback is not None:
                 i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
-            s = self.neurons[0].step(i1)
+            s = step(self.neurons[0], i1)
             for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
-                s = self.neurons[l].step(_batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
+                s = step(self.neurons[l], _batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
             s_last = s
             acc = s if acc is None else (acc + s if leak == 1.0 else leak * acc + s)
         for n in self.neurons:
@@ -211,17 +220,34 @@ class FeedbackSNN(SpikingNet):
         self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
     ) -> Tensor:
         """``f(a_L, x)``; with ``detach=True`` no parameter is in the graph (adjoint products)."""
+        for l in range(len(self.neurons)):
+            a = self.layer_map(l, a, ctx, bn, detach)
+        return a
+
+    def layer_map(
+        self, l: int, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
+    ) -> Tensor:
+        """Layer ``l``'s part of the equivalent map (0-based): ``a_1 = f_0(a_L)`` (feedback plus
+        input current), ``a_{l+1} = f_l(a_l)``; their composition is :meth:`equilibrium_map`."""
         def p(t: Tensor) -> Tensor:
             return t.detach() if detach else t
 
-        n0 = self.neurons[0]
-        fb = self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
-        a = n0.rate_map(fb + p(ctx.mean_current), p(n0.vth()))
-        for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
-            w, b = p(op.weight), (p(op.bias) if op.bias is not None else None)
-            cur = F.conv2d(self._drop(a, ctx.masks[l]), w, b, op.stride, op.padding)
-            a = self.neurons[l].rate_map(_batch_norm(cur, bnm, bn, detach), p(self.neurons[l].vth()))
-        return a
+        neuron = self.neurons[l]
+        vth = p(neuron.vth())
+        if l == 0:
+            cur = p(ctx.mean_current)
+            if self.feedback is not None:
+                cur = cur + self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
+            else:  # zero feedback: f_0 does not depend on a_L (kept in the graph with weight 0)
+                cur = cur + 0.0 * a.sum()
+            return neuron.rate_map(cur, vth)
+        op, bnm = self.hidden_ops[l - 1], self.hidden_bns[l - 1]
+        x = self._drop(a, ctx.masks[l])
+        if detach:  # the op with detached parameters: no parameter in the graph
+            cur = torch.func.functional_call(op, {n: t.detach() for n, t in op.named_parameters()}, (x,))
+        else:
+            cur = op(x)
+        return neuron.rate_map(_batch_norm(cur, bnm, bn, detach), vth)
 
     def readout(self, a: Tensor) -> Tensor:
         return self.classifier(a.flatten(1))
@@ -324,3 +350,22 @@ def cifarnet_f(
 
 def _widths(channels: Sequence[int], width: float) -> tuple[int, ...]:
     return tuple(max(1, int(c * width)) for c in channels)
+
+
+@MODELS.register("lenet_zero")
+def lenet_zero(
+    input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+    channels: Sequence[int] = (15, 40), hidden: int = 300, dropout: float = 0.0,
+) -> FeedbackSNN:
+    """SPIDE's MNIST LeNet with ``SNNZero`` feedback (a feed-forward SNN trained by SPIDE):
+    conv5x5 1->15, avg-pool 2, conv5x5 15->40, avg-pool 2, FC 1960->300, linear classifier; no
+    batch norm, no feedback."""
+    c, h, w = input_shape
+    c1, c2 = channels
+    hidden_ops = [
+        (nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c1, c2, 5, padding=2)), nn.Identity()),
+        (nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden)),
+         nn.Identity()),
+    ]
+    return FeedbackSNN(nn.Conv2d(c, c1, 5, padding=2), nn.Identity(), hidden_ops, None,
+                       nn.Linear(hidden, num_classes), neuron, dropout)

@@ -19,14 +19,35 @@ with the layer's output at every step standing for r, so dL/dr = sum_t dL/do[t] 
 The forward composes the neuron kind's charge and reset hooks (fire at ``alpha * Vth``), the
 backward is the vector-Jacobian product of the kind's declared spike representation
 (``SpikingNeuron.rate_weights`` / ``rate_map``), whose derivative is the closed form above; kinds
-without one (PLIF, learnable leak) are rejected. For IF this is the official rule; for LIF it is the exact derivative in this project's neuron
-convention (no input decay, no 1/dt output scale). Trainable thresholds (``NeuronConfig``) are kept
+without one (PLIF, learnable leak) are rejected.
+
+Two rules (``rule``):
+
+* ``exact`` (default): the above, the exact derivative of the clamp map in this project's neuron
+  convention (no input decay, no 1/dt output scale). For IF it is also the official rule.
+* ``official``: the official DSR code's LIF (``cifar/modules/neuron.py``) with
+  ``beta = exp(-dt/tau)`` (the layer's leak must equal it), forward and backward as coded there::
+
+      m <- beta m + (1 - beta) x[t];  s = Vth 1[m >= alpha Vth];  m <- m - s;  o[t] = s / dt
+      r_in = sum_t w_t x[t] / sum w,   w_t = beta^(T-t),   G = sum_t w_t g[t] / sum w
+      dL/dx[t] = G / tau * 1[0 < r_in < Vth tau / dt]        (the same for every t)
+      dL/dVth  = dt * T * sum(G where r_in > Vth tau / dt)   (a dt^2 shrink of eq. 14, kept on
+                                                              purpose by the authors)
+
+  i.e. input scale 1/tau (exact: (1 - beta)/dt), window edge Vth tau/dt (exact: Vth/(1 - beta)),
+  a uniform spread over steps, and the output gradient weighted by w_t again. IF layers follow the
+  IF rule above (spikes of value Vth), so ``official`` needs ``spike_value: threshold``.
+
+Read-out: when the model's output is a LIF layer's spikes (a spiking head), the class score is the
+weighted firing rate ``sum_t w_t o[t] / sum w`` (``forward`` returns it as one step), as in the
+official code; for IF it is the plain mean. Trainable thresholds (``NeuronConfig``) are kept
 above ``threshold_floor``. There are no collective operations in the backward: under DDP the
 threshold gradient is averaged with every other gradient by DDP itself.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Literal
 
@@ -34,10 +55,11 @@ import torch
 from torch import Tensor
 
 from lightning_snn.models.base import SpikingNet
-from lightning_snn.neurons import SpikingNeuron, neuron_dynamics
+from lightning_snn.neurons import SpikingNeuron, neuron_dynamics, weighted_rate
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
 SPIKE_VALUES = ("unit", "threshold")
+RULES = ("exact", "official")
 
 
 class DSRSpike(torch.autograd.Function):
@@ -76,9 +98,48 @@ class DSRSpike(torch.autograd.Function):
         return g_x, g_vth, None, None, None, None
 
 
+class OfficialLIFSpike(torch.autograd.Function):
+    """The official DSR LIF neuron over ``[T, B, ...]`` and its backward (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, vth: Tensor, beta: float, alpha: float, tau: float, dt: float,  # type: ignore[override]
+                threshold_grad_scale: float) -> Tensor:
+        th = vth.detach().to(x.dtype)
+        m = torch.zeros_like(x[0])
+        out = x.new_empty(x.shape)
+        for t in range(x.shape[0]):
+            m = beta * m + (1.0 - beta) * x[t]
+            s = th * (m >= alpha * th).to(x.dtype)
+            m = m - s
+            out[t] = s / dt
+        w = beta ** torch.arange(x.shape[0] - 1, -1, -1, dtype=x.dtype, device=x.device)  # beta^(T-t)
+        r_in = torch.einsum("t,t...->...", w, x) / w.sum()
+        ctx.save_for_backward(r_in, th, w)
+        ctx.tau, ctx.dt, ctx.scale, ctx.vth_dtype = tau, dt, threshold_grad_scale, vth.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        r_in, th, w = ctx.saved_tensors
+        T = g.shape[0]
+        G = torch.einsum("t,t...->...", w, g) / w.sum()  # weighted output gradient
+        edge = th * ctx.tau / ctx.dt
+        g_x = (G / ctx.tau * ((r_in > 0) & (r_in < edge)).to(g.dtype)).unsqueeze(0).expand_as(g)
+        g_vth = None
+        if ctx.needs_input_grad[1]:
+            g_vth = (ctx.dt * T * (G * (r_in > edge).to(g.dtype)).sum() * ctx.scale).to(ctx.vth_dtype)
+        return g_x.contiguous(), g_vth, None, None, None, None, None
+
+
 def dsr_dynamics(layer: SpikingNeuron, x: Tensor, alpha: float = 0.5, spike_value: str = "unit",
-                 threshold_grad_scale: float = 1.0) -> Tensor:
-    """Neuron dynamics for DSR: the real spikes forward, the rate-map derivative backward."""
+                 threshold_grad_scale: float = 1.0, rule: str = "exact", tau: float = 1.0,
+                 dt: float | None = None) -> Tensor:
+    """Neuron dynamics for DSR: the real spikes forward, the clamp-map derivative backward
+    (``rule="official"``: the official LIF neuron and rule for leaky layers)."""
+    leak = layer.leak_value()
+    if rule == "official" and leak < 1.0:
+        dt = -tau * math.log(leak) if dt is None else dt
+        return OfficialLIFSpike.apply(x, layer.vth(), leak, alpha, tau, dt, threshold_grad_scale)
     return DSRSpike.apply(x, layer.vth(), layer, alpha, spike_value == "unit", threshold_grad_scale)
 
 
@@ -94,6 +155,10 @@ class DSR(GradientStrategy):
             saturated units).
         threshold_grad_scale: multiplies the threshold gradient (the official ImageNet IF code
             uses 0.001).
+        rule: ``exact`` (the clamp-map derivative of this project's neuron) or ``official`` (the
+            official DSR LIF neuron and backward; needs ``spike_value: threshold``).
+        tau, dt: the official LIF's time constant and step (``beta = exp(-dt/tau)`` must equal
+            the leak of every leaky layer); used by ``rule: official`` only.
 
     Feed-forward models only: each neuron layer is differentiated as a map of its whole input
     sequence, so a ``recurrent`` model (VGG-F: the first layer at step t depends on the last layer
@@ -106,17 +171,50 @@ class DSR(GradientStrategy):
 
     def __init__(self, T: int, alpha: float = 0.5,
                  spike_value: Literal["unit", "threshold"] = "unit",
-                 threshold_grad_scale: float = 1.0) -> None:
+                 threshold_grad_scale: float = 1.0, rule: Literal["exact", "official"] = "exact",
+                 tau: float = 1.0, dt: float = 0.05) -> None:
         super().__init__(T)
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         if spike_value not in SPIKE_VALUES:
             raise ValueError(f"spike_value must be one of {SPIKE_VALUES}, got {spike_value!r}")
-        self.alpha, self.spike_value = alpha, spike_value
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if rule == "official" and spike_value != "threshold":
+            raise ValueError("rule 'official' emits spikes of value Vth (IF) or Vth/dt (LIF): "
+                             f"set spike_value: threshold (got {spike_value!r})")
+        if not (tau > 0 and dt > 0):
+            raise ValueError(f"tau and dt must be > 0, got tau={tau}, dt={dt}")
+        self.alpha, self.spike_value, self.rule, self.tau, self.dt = alpha, spike_value, rule, tau, dt
         self.threshold_grad_scale = threshold_grad_scale
 
+    def check_model(self, model: SpikingNet) -> None:
+        super().check_model(model)
+        if self.rule != "official":
+            return
+        beta = math.exp(-self.dt / self.tau)
+        for layer in model.spiking_layers():
+            leak = layer.leak_value()
+            if leak < 1.0 and abs(leak - beta) > 1e-9:
+                raise ValueError(
+                    f"rule 'official' needs leak = exp(-dt/tau) = {beta!r} (dt={self.dt}, "
+                    f"tau={self.tau}) for leaky layers, got leak {leak!r}")
+
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """Per-step outputs ``[T, B, classes]``; with a leaky spiking head, its weighted firing
+        rate as one step ``[1, B, classes]``."""
         fn = partial(dsr_dynamics, alpha=self.alpha, spike_value=self.spike_value,
-                     threshold_grad_scale=self.threshold_grad_scale)
-        with neuron_dynamics(model, fn):
-            return model(self.encode(x))
+                     threshold_grad_scale=self.threshold_grad_scale, rule=self.rule,
+                     tau=self.tau, dt=self.dt)
+        last: dict[str, object] = {}
+
+        def run(layer: SpikingNeuron, inp: Tensor) -> Tensor:
+            last["layer"], last["out"] = layer, fn(layer, inp)
+            return last["out"]  # type: ignore[return-value]
+
+        with neuron_dynamics(model, run):
+            out = model(self.encode(x))
+        head = last.get("layer")
+        if last.get("out") is out and isinstance(head, SpikingNeuron) and head.leak_value() < 1.0:
+            return weighted_rate(out, head.leak_value()).unsqueeze(0)
+        return out

@@ -1,0 +1,134 @@
+"""Proxy learning: train an IF SNN through a ReLU ANN that shares its weights.
+
+Kheradpisheh, Mirsadeghi, Masquelier, "Spiking neural networks trained via proxy" (IEEE Access
+2022). One model is run twice per batch, independently:
+
+* the **SNN**: every spiking layer is an IF neuron (no graph, ``no_grad``), driven for T steps by
+  the direct-encoded input; its output is the spike count of the output layer (a model ending in
+  a spiking layer) or the time mean of a linear read-out;
+* the **ANN**: the same module, same parameters, one pass on the static input with every hidden
+  spiking layer acting as ReLU and the output spiking layer as the identity (the ANN's last layer
+  is a plain linear layer). The swap is a :func:`neuron_dynamics` context, so the ANN is not a
+  copy and the weights are shared by construction.
+
+The ANN's output *value* is replaced by the SNN's and the error is back-propagated through the
+ANN's graph::
+
+    y = y_ann + (c_snn - y_ann).detach()      value c_snn, gradient J_ann^T dL/dy
+
+The loss is the module's (``lightning_snn.loss``) on the output ``[1, B, classes]``: the paper's,
+``mean((c - onehot(y))^2)`` over B x classes (one spike for the true class, none for the others),
+is ``model.loss.mse_weight: 1.0``; the default is the cross-entropy of the output.
+
+Batch norm: the running statistics belong to the SNN (the network that is evaluated): the SNN's
+training pass updates them (statistics over the T*B spike maps of all steps), the ANN's pass
+normalises with its own batch statistics and leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_snn.models.base import SpikingNet
+from lightning_snn.neurons import SpikingNeuron, neuron_dynamics
+from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
+
+RESETS = ("hard", "subtract")
+
+
+def if_dynamics(layer: SpikingNeuron, x: Tensor, reset: str = "hard") -> Tensor:
+    """IF neuron over ``[T, B, ...]``: ``v += x[t]``, fire at ``v >= Vth``, then reset to 0
+    (``hard``, spikingjelly's IFNode) or subtract Vth (``subtract``). Spikes in {0, 1}, no graph."""
+    vth = layer.vth().detach().to(x.dtype)
+    v = torch.zeros_like(x[0])
+    out = x.new_empty(x.shape)
+    for t in range(x.shape[0]):
+        v = v + x[t]
+        s = (v >= vth).to(x.dtype)
+        v = v * (1.0 - s) if reset == "hard" else v - vth * s
+        out[t] = s
+    return out
+
+
+@contextmanager
+def as_relu_network(model: nn.Module, output: SpikingNeuron | None = None) -> Iterator[None]:
+    """Run ``model`` as its ReLU twin: spiking layers are ReLU, the ``output`` spiking layer (the
+    one whose spikes are the model's output, if any) is the identity, and batch norms use batch
+    statistics without touching the running ones."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+
+    def relu(layer: SpikingNeuron, x: Tensor) -> Tensor:
+        return x if layer is output else F.relu(x)
+
+    for bn in bns:
+        bn.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
+    try:
+        with neuron_dynamics(model, relu):
+            yield
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+
+
+@STRATEGIES.register("proxy")
+class Proxy(GradientStrategy):
+    """Proxy learning for feed-forward models.
+
+    Args:
+        T: SNN time steps (the paper's Fashion-MNIST notebook: 15).
+        reset: ``hard`` (reset to 0 after a spike, the paper's spikingjelly IF node) or
+            ``subtract`` (the project's reset by subtraction).
+    """
+
+    name = "proxy"
+    supported_kinds = frozenset({"feedforward"})
+    supported_neurons = frozenset({"if", "lif"})  # IF (leak 1) paired with ReLU
+
+    def __init__(self, T: int, reset: Literal["hard", "subtract"] = "hard") -> None:
+        super().__init__(T)
+        if reset not in RESETS:
+            raise ValueError(f"proxy reset must be one of {RESETS}, got {reset!r}")
+        self.reset = reset
+
+    def check_model(self, model: SpikingNet) -> None:
+        super().check_model(model)
+        if any(m.leak_value() != 1.0 for m in model.spiking_layers()):
+            raise ValueError("proxy learning pairs IF neurons with ReLU: set model.neuron.leak to 1.0")
+
+    def snn(self, model: SpikingNet, x: Tensor) -> tuple[Tensor, SpikingNeuron | None]:
+        """The SNN's output ``[B, classes]`` (no graph): the spike counts of the output layer
+        when the model ends in a spiking layer (returned too), else the time mean of its
+        read-out."""
+        last: dict[str, object] = {}
+
+        def run(layer: SpikingNeuron, inp: Tensor) -> Tensor:
+            last["layer"], last["out"] = layer, if_dynamics(layer, inp, self.reset)
+            return last["out"]  # type: ignore[return-value]
+
+        with torch.no_grad(), neuron_dynamics(model, run):
+            out = model(self.encode(x))
+        if last.get("out") is out:  # the output is a spiking layer's spikes: count them
+            return out.sum(0), last["layer"]  # type: ignore[return-value]
+        return out.mean(0), None
+
+    def ann(self, model: SpikingNet, x: Tensor, output: SpikingNeuron | None = None) -> Tensor:
+        """The ReLU twin's output ``[B, classes]`` (with graph): one pass on the static input,
+        ``output`` (the spiking output layer) acting as the identity."""
+        if x.dim() == 5:
+            raise ValueError("proxy learning takes static input (direct encoding), got event frames")
+        with as_relu_network(model, output):
+            return model(x.unsqueeze(0))[0]
+
+    def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
+        """``[1, B, classes]``: the SNN's output in value, the ANN's gradient when training."""
+        c, output = self.snn(model, x)
+        if not torch.is_grad_enabled():
+            return c.unsqueeze(0)
+        y_ann = self.ann(model, x, output)
+        return (y_ann + (c - y_ann).detach()).unsqueeze(0)

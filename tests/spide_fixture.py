@@ -1,0 +1,105 @@
+"""A small feedback SNN and its exact implicit gradient by a dense solve of the adjoint equation
+``(I - J^T) beta = dL/da`` (J: the full Jacobian of the equivalent map at the SNN's rate), shared
+by the SPIDE tests and ``bench/spide_error.py``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_snn.models import MODELS
+from lightning_snn.neurons import NeuronConfig
+from lightning_snn.strategies import STRATEGIES
+
+
+def small_net(name: str = "f_mlp", seed: int = 0):
+    torch.manual_seed(seed)
+    neuron = NeuronConfig(threshold=1.0)
+    if name == "f_mlp":
+        net = MODELS.build("f_mlp", input_shape=(1, 4, 4), num_classes=3, neuron=neuron, hidden=24)
+        shape = (6, 1, 4, 4)
+    elif name == "lenet_zero":
+        net = MODELS.build("lenet_zero", input_shape=(1, 8, 8), num_classes=3, neuron=neuron,
+                           channels=(3, 4), hidden=10)
+        shape = (4, 1, 8, 8)
+    else:
+        net = MODELS.build("multilayer_f", input_shape=(2, 4, 4), num_classes=3, neuron=neuron,
+                           channels=(3, 3, 4, 3, 3))
+        shape = (4, 2, 4, 4)
+    net = net.double().train()
+    x = torch.rand(shape, dtype=torch.float64) * 2
+    y = torch.arange(shape[0]) % 3
+    return net, x, y
+
+
+def implicit_parts(net, x, T: int = 30):
+    """The SNN's rate and what both gradients need, with a fixed BN state (no running update)."""
+    strat = STRATEGIES.build("ide", T=T)
+    ctx = net.prepare(strat.encode(x))
+    with torch.no_grad():
+        a_star = net.simulate(ctx, bn="running")
+    return ctx, a_star
+
+
+def implicit_params(net) -> list[tuple[str, Tensor]]:
+    """Parameters whose gradient comes through the adjoint (not the classifier's)."""
+    return [(n, p) for n, p in net.named_parameters() if not n.startswith("classifier")]
+
+
+def exact_gradient(net, x, y, T: int = 30) -> tuple[Tensor, float]:
+    """(flattened implicit-parameter gradient, the largest |adjoint| of any layer) by a dense
+    solve."""
+    ctx, a_star = implicit_parts(net, x, T)
+    a = a_star.detach().requires_grad_()
+    loss = F.cross_entropy(net.readout(a), y)
+    (g,) = torch.autograd.grad(loss, a)
+    J = torch.autograd.functional.jacobian(
+        lambda v: net.equilibrium_map(v.view_as(a_star), ctx, bn="batch", detach=True).flatten(),
+        a_star.flatten())
+    n = J.shape[0]
+    beta = torch.linalg.solve(torch.eye(n, dtype=J.dtype) - J.T, g.flatten()).view_as(a_star)
+    # the adjoint of every layer's output, beta_{l} = J_{l+1}^T beta_{l+1}: all must be in range
+    ins = [a_star]
+    with torch.no_grad():
+        for l in range(len(net.neurons) - 1):
+            ins.append(net.layer_map(l, ins[-1], ctx, bn="batch"))
+    betas, b = [beta], beta
+    for l in range(len(net.neurons) - 1, 0, -1):
+        leaf = ins[l].detach().requires_grad_()
+        (b,) = torch.autograd.grad(net.layer_map(l, leaf, ctx, bn="batch", detach=True), leaf, b)
+        betas.append(b)
+    beta_max = max(float(t.abs().max()) for t in betas)
+    z = net.equilibrium_map(a_star, ctx, bn="batch")
+    params = [p for _, p in implicit_params(net)]
+    grads = torch.autograd.grad(z, params, beta, allow_unused=True)
+    flat = torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten()
+                      for gr, p in zip(grads, params)])
+    return flat, beta_max
+
+
+def spide_gradient(net, x, y, T_b: int, grad_scale: float, T: int = 30) -> Tensor:
+    """The flattened implicit-parameter gradient of the SPIDE strategy (same SNN rate)."""
+    strat = STRATEGIES.build("spide", T=T, T_b=T_b, grad_scale=grad_scale)
+    ctx, a_star = implicit_parts(net, x, T)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    state = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    out = strat.implicit(net, ctx, a_star)
+    loss = F.cross_entropy(net.readout(out), y)
+    params = [p for _, p in implicit_params(net)]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for bn, (m, v) in zip(bns, state):  # leave the model as it was for the next call
+        bn.running_mean.copy_(m)
+        bn.running_var.copy_(v)
+    return torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten()
+                      for gr, p in zip(grads, params)])
+
+
+def relative_errors(name: str, T_bs: list[int], headroom: float = 0.5) -> dict[int, float]:
+    """Relative error of the SPIDE gradient for each T_b; ``grad_scale`` puts the largest
+    ``|beta|`` of any layer at ``headroom`` of the backward neurons' maximal rate."""
+    net, x, y = small_net(name)
+    exact, beta_max = exact_gradient(net, x, y)
+    scale = headroom / beta_max
+    return {T_b: float((spide_gradient(net, x, y, T_b, scale) - exact).norm() / exact.norm())
+            for T_b in T_bs}
