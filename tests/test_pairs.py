@@ -7,6 +7,10 @@ otherwise as registered) keep the whole set to about a minute on 2 CPU cores.
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -34,6 +38,10 @@ TINY = {
     "multilayer_f": ((3, 8, 8), {"channels": (4, 5, 6, 5, 4)}),
     "alexnet_f": ((3, 8, 8), {"width": 0.0625}),
     "cifarnet_f": ((3, 8, 8), {"width": 0.03125}),
+    "lenet_zero": ((1, 8, 8), {"channels": (3, 4), "hidden": 8}),
+    "proxy_convnet": ((1, 6, 6), {"channels": (4, "M"), "hidden": (8,)}),
+    "proxy_fmnist": ((1, 8, 8), {}),  # the paper's layers; the input is what is cut down
+    "nir": ((1, 6, 6), {}),  # a tiny MLP exported to NIR (``tiny_nir_file``) and read back
 }
 T, B, CLASSES, STEPS = 4, 6, 3, 5
 
@@ -42,9 +50,22 @@ def test_every_registered_model_has_a_tiny_version():
     assert sorted(TINY) == MODELS.names()
 
 
+@functools.cache
+def tiny_nir_file(neuron_kind: str) -> str:
+    """The tiny ``mlp`` with ``neuron_kind`` neurons, exported to a NIR file."""
+    from lightning_snn.nir_export import to_nir, write_nir
+
+    net, _, _ = build("mlp", neuron_kind)
+    path = Path(tempfile.mkdtemp(prefix="tiny-nir-")) / f"mlp_{neuron_kind}.nir"
+    write_nir(to_nir(net, TINY["mlp"][0], 1e-4), path)
+    return str(path)
+
+
 def build(model: str, neuron_kind: str = "lif"):
-    torch.manual_seed(0)
     shape, kwargs = TINY[model]
+    if model == "nir":
+        kwargs = {"path": tiny_nir_file(neuron_kind)}
+    torch.manual_seed(0)
     leak = 1.0 if neuron_kind == "if" else 0.8
     cfg = NeuronConfig(kind=neuron_kind, threshold=THRESHOLD.get(model, 0.2), leak=leak,
                        trainable_threshold=True)
@@ -119,10 +140,14 @@ def check_train_steps(model: str, strategy: str, neuron_kind: str = "lif") -> No
     assert at_rest(net)
 
 
+# proxy learning pairs IF neurons with ReLU (a leaky LIF is rejected: tests/test_proxy.py)
+NEURON_FOR = {"proxy": "if"}
+
+
 @pytest.mark.parametrize("model, strategy", PAIRS, ids=[f"{m}-{s}" for m, s in PAIRS])
 def test_every_model_strategy_pair_trains_or_fails_clearly(model, strategy):
     if fits(model, strategy):
-        check_train_steps(model, strategy)
+        check_train_steps(model, strategy, NEURON_FOR.get(strategy, "lif"))
         return
     net, _, _ = build(model)
     able = [s for s in STRATEGIES.names() if fits(model, s)]

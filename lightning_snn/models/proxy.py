@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_snn.layers import TimeDistributed
+from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS
 from lightning_snn.models.feedforward import _Sequential
 from lightning_snn.neurons import NeuronConfig, build_neuron
@@ -21,7 +21,9 @@ class ProxyConvNet(_Sequential):
     """``[conv3x3(no bias)-BN-IF | M]`` x channels -> Flatten -> ``[FC(no bias)-IF]`` x hidden ->
     FC(no bias) -> IF output layer. ``"M"`` is a 2x2 max pool (on spike maps: a logical OR).
 
-    The first conv + BN sees the same image at every step, so it runs once per batch.
+    The first conv + BN sees the same image at every step, so it runs once per batch. The synapses
+    are trace-aware (plain convolutions / linear maps unless an online strategy asks for traces), so
+    OTTT and SLTT train the same network.
     """
 
     def __init__(
@@ -39,13 +41,13 @@ class ProxyConvNet(_Sequential):
                 layers.append(TimeDistributed(nn.MaxPool2d(2)))
                 h, w = h // 2, w // 2
                 continue
-            layers += [TimeDistributed(nn.Conv2d(c, int(v), 3, padding=1, bias=False),
+            layers += [TimeDistributed(TraceConv2d(c, int(v), 3, padding=1, bias=False),
                                        nn.BatchNorm2d(int(v))), build_neuron(neuron)]
             c = int(v)
         width = c * h * w
         for i, n in enumerate([*hidden, num_classes]):
             ops: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-            layers += [TimeDistributed(*ops, nn.Linear(width, n, bias=False)), build_neuron(neuron)]
+            layers += [TimeDistributed(*ops, TraceLinear(width, n, bias=False)), build_neuron(neuron)]
             width = n
         super().__init__(layers)
 
