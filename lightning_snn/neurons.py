@@ -11,6 +11,8 @@ post-reset potential ``v``::
 
 so ``v[T] = sum_t lambda^(T-t) (I[t] - Vth s[t])``: the lambda-weighted firing rate tracks
 ``clamp(weighted mean input / Vth, 0, 1)`` (the spike representation IDE and DSR differentiate).
+Each kind in ``NEURONS`` states its own charge / fire / reset hooks (PLIF: a learnt lambda) and
+whether it has such a representation.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from lightning_snn.loss import LossConfig
 from lightning_snn.models import MODELS
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import NeuronConfig
@@ -81,6 +82,7 @@ def test_reference_config_models_forward_and_backward(config):
     m = dict(cfg["model"])
     classes, shape, events = DATA[cfg["data"]["dataset"]]
     m["neuron"] = NeuronConfig(**m.get("neuron", {}))
+    m["loss"] = LossConfig(**m.get("loss", {}))
     assert SNNModule(num_classes=classes, input_shape=shape, **m).strategy.T == cfg["model"]["T"]
     m["T"] = T = 2  # the full T only multiplies the cost of this check
     if m["strategy"] == "spide":  # and so does the backward phase's T_b
