@@ -97,7 +97,8 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         loss = self.fwd_loss(x, y)
         loss.backward()
-        return loss.detach(), [p.grad.detach().clone() for p in self.params]
+        return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                               for p in self.params]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
