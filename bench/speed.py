@@ -97,7 +97,8 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         loss = self.fwd_loss(x, y)
         loss.backward()
-        return loss.detach(), [p.grad.detach().clone() for p in self.params]
+        return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                               for p in self.params]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
@@ -265,6 +266,20 @@ def run_strategy_cell(args, strategy: str, T: int, precision: str) -> list[dict[
     return rows
 
 
+def sj_selected() -> dict[str, str]:
+    """The IF implementation SpikingJelly picked per CUDA device and execution (read after use;
+    private state of SpikingJelly 2.0.0, empty if it is not there)."""
+    try:
+        from spikingjelly._ops import if_
+
+        sel = if_._selection
+        found = {f"eager cuda:{k}": v.name for k, v in sel._selections.items()}
+        found.update({f"compile cuda:{k}": v.name for k, v in sel._compiled_selections.items()})
+        return found
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return {}
+
+
 def backend_label(args) -> str:
     if HAS_BACKEND:
         return args.backend or NeuronConfig().backend  # type: ignore[attr-defined]
@@ -361,6 +376,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
 
     from speed_report import write_plot, write_table
+
+    picked = sj_selected()
+    if picked:
+        env["sj_selected"] = picked
+        env["sj_backend"] = "/".join(sorted(set(picked.values())))
 
     write_table(results, args.out / "speed.md")
     try:

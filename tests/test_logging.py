@@ -108,3 +108,39 @@ def test_logged_names_and_epoch_values_match_a_direct_computation(tmp_path):
     (epoch_acc,) = [float(r["train/acc_epoch"]) for r in rows if r.get("train/acc_epoch")]
     assert epoch_acc == pytest.approx(correct / total, abs=1e-6)
     assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(correct / total, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_logging_syncs_at_epoch_end_only(tmp_path):
+    """2 gloo ranks: no collective between two training steps (the gradient all-reduce of DDP runs
+    in its C++ reducer and is not counted), and the epoch values reduced once at the end equal
+    the metrics of the final weights over the whole validation set (both ranks' shards)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from procs import ROOT, child_env
+
+    script = Path(__file__).parent / "scripts" / "ddp_logging.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["between"] == [[0, 0, 0], [0, 0, 0]], res["between"]
+
+    torch.manual_seed(0)
+    module = SNNModule("mlp", num_classes=3, input_shape=(1, 4, 4),
+                       network_args={"hidden": [12], "batch_norm": False}, T=3).double()
+    module.net.load_state_dict(torch.load(tmp_path / "params.pt"))
+    module.eval()
+    g = torch.Generator().manual_seed(2)  # the validation set of the script
+    xv = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) * 2
+    yv = torch.randint(0, 3, (8,), generator=g)
+    with torch.no_grad():
+        out = module.strategy.forward(module.net, xv).mean(0)
+    m = res["metrics"]
+    assert m["val/acc"] == pytest.approx(float((out.argmax(-1) == yv).double().mean()), abs=1e-9)
+    assert m["val/loss"] == pytest.approx(float(F.cross_entropy(out, yv)), rel=1e-9)
+    assert 0.0 <= m["train/acc"] <= 1.0 and "train/loss" in m
