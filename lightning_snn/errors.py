@@ -57,14 +57,16 @@ def parser_error_line(message: str) -> str:
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]
     reason = reasons[-1].lstrip("- ") if reasons else "invalid arguments"
     line = f"{key}: {reason}" if key and key not in reason else reason
-    if "(valid: " in line or "(choose from " in line:
-        return line
+    if any(hint in line for hint in ("(valid: ", "(choose from ", " must be ")):
+        return line  # the reason states what is valid
     return f"{line} (valid: the options listed by --help)"
 
 
 def error_line(exc: BaseException) -> str:
     """``error: ...`` in one line for a usage error."""
-    text = parser_error_line(str(exc)) if isinstance(exc, ArgumentError) else str(exc)
+    text = str(exc)
+    if isinstance(exc, ArgumentError) or "Parser key" in text or "Does not validate" in text:
+        text = parser_error_line(text)  # jsonargparse's, also when raised while instantiating
     text = " ".join(text.split()) or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
