@@ -74,19 +74,19 @@ def parser_error_line(message: str) -> str:
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]
     reason = reasons[-1].lstrip("- ") if reasons else "invalid arguments"
     line = f"{key}: {reason}" if key and key not in reason else reason
-    if "(valid: " in line or "(choose from " in line:
-        return line
+    if any(hint in line for hint in ("(valid: ", "(choose from ", " must be ")):
+        return line  # the reason states what is valid
     return f"{line} (valid: the options listed by --help)"
-
-
 
 
 def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line (newlines of multi-line messages folded to ``; ``); a parser
-    error is reduced to the full option key and the innermost reason."""
-    if isinstance(exc, ArgumentError):
-        return " ".join(parser_error_line(str(exc)).split())
-    text = str(exc).strip() or type(exc).__name__
+    error (also one raised while instantiating) is reduced to the full option key and the
+    innermost reason."""
+    text = str(exc)
+    if isinstance(exc, ArgumentError) or "Parser key" in text or "Does not validate" in text:
+        return " ".join(parser_error_line(text).split())
+    text = text.strip() or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     if isinstance(exc, KeyError) and len(exc.args) == 1:

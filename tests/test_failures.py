@@ -50,7 +50,7 @@ def one_line_error(capsys, args: list[str], names_valid: bool = True) -> str:
     assert exc.value.code == 2, err
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith("error: ") and sum(ln.startswith("error") for ln in err) == 1, err
-    assert not names_valid or re.search(r"\(valid: |; valid (choices|arguments): ", err[-1]), err
+    assert not names_valid or re.search(r"\(valid: |; valid (choices|arguments): | must be ", err[-1]), err
     return err[-1]
 
 
@@ -218,6 +218,7 @@ def test_sigterm_and_sigusr1_save_at_a_step_then_resume_exactly(data_root, tmp_p
     (["--model.lr=-1"], "model.lr must be a finite number > 0, got -1.0"),
     (["--model.neuron.threshold=nan"], "model.neuron.threshold: expected a finite number, got 'nan'"),
     (["--model.T=0"], "model.T must be a positive integer, got 0"),
+    (["--model.neuron.threshold=-1"], "error: neuron threshold must be > 0, got -1.0"),
     (["--model.T=abc"], "model.T: expected an integer, got 'abc'"),
     (["--model.strategy=eprop"], "unknown strategy 'eprop'; valid choices: bptt, dsr"),
     (["--model.network=nope"], "unknown model 'nope'"),
