@@ -238,10 +238,14 @@ def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
 
 
 # ----------------------------------------------------------------------------- SLURM job script
-def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys):
+def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys, monkeypatch):
     """The job script starts a Ray head on the first node and workers on the others, waits for
     them, then runs the sweep on that cluster with the given arguments; it is valid bash."""
+    import shutil
+
     from tune.slurm_submit import main as submit
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no sinfo: the partition is not checked
 
     sweep = ["--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
              "--num-samples", "16", "--resources-per-trial", "cpu=4,gpu=1",
