@@ -71,7 +71,8 @@ def build(model: str, neuron_kind: str = "lif"):
                        trainable_threshold=True)
     net = MODELS.build(model, input_shape=shape, num_classes=CLASSES, neuron=cfg, **kwargs)
     for bn in getattr(net, "hidden_bns", []):  # keep a multilayer feedback map contractive (IDE)
-        torch.nn.init.constant_(bn.weight, 0.25)
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.constant_(bn.weight, 0.25)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(B, *shape, generator=g) * 2
     return net, x, torch.arange(B) % CLASSES
