@@ -18,10 +18,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
+
+from lightning_snn.kernels import BACKENDS, lif_multistep, use_kernels
 
 # --------------------------------------------------------------------------------------------------
 # Surrogate spike functions: forward is the Heaviside step, backward a smooth pseudo-derivative.
@@ -89,6 +91,9 @@ class NeuronConfig:
         surrogate: pseudo-derivative of the spike: ``sigmoid``, ``atan`` or ``rectangle``.
         surrogate_alpha: sharpness of the surrogate (``rectangle`` has width ``1/alpha``).
         detach_reset: cut the gradient through the reset term ``Vth * s[t]``.
+        backend: what runs the multi-step dynamics: ``triton`` (fused kernels, one custom op per
+            layer: see ``lightning_snn.kernels``), ``torch`` (the loop over T below, the
+            reference) or ``auto`` (the kernels on CUDA when Triton imports, else the torch loop).
     """
 
     threshold: float = 1.0
@@ -98,8 +103,11 @@ class NeuronConfig:
     surrogate: str = "sigmoid"
     surrogate_alpha: float = 4.0
     detach_reset: bool = False
+    backend: Literal["auto", "torch", "triton"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown neuron backend {self.backend!r}; valid choices: {list(BACKENDS)}")
         if not self.threshold > 0:
             raise ValueError(f"neuron threshold must be > 0, got {self.threshold}")
         if not 0.0 < self.leak <= 1.0:
@@ -186,6 +194,9 @@ class LIF(Stateful, nn.Module):
         if self.dynamics is not None:
             return self.dynamics(self, x)
         vth = self._vth()
+        c = self.config
+        if use_kernels(c.backend, x):  # one fused op: the same dynamics and gradients
+            return lif_multistep(x, vth, c.leak, c.surrogate, c.surrogate_alpha, c.detach_reset)
         v = torch.zeros_like(x[0])
         out = []
         for t in range(x.shape[0]):

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_snn.kernels import lif_fire, use_kernels
 from lightning_snn.models.base import SpikingNet
 from lightning_snn.neurons import LIF, neuron_dynamics
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
@@ -47,15 +48,18 @@ class DSRSpike(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, vth: Tensor, leak: float, alpha: float, unit: bool,  # type: ignore[override]
-                threshold_grad_scale: float) -> Tensor:
+                threshold_grad_scale: float, fused: bool = False) -> Tensor:
         th = vth.detach().to(x.dtype)
-        v = torch.zeros_like(x[0])
-        out = x.new_empty(x.shape)
-        for t in range(x.shape[0]):
-            h = leak * v + x[t]  # charge
-            s = (h >= alpha * th).to(x.dtype)  # fire at alpha * Vth
-            v = h - th * s  # reset by subtracting Vth
-            out[t] = s
+        if fused:  # the neuron's forward kernel, firing level alpha * Vth (state in fp32)
+            out = lif_fire(x, vth, leak, fire_scale=alpha)
+        else:
+            v = torch.zeros_like(x[0])
+            out = x.new_empty(x.shape)
+            for t in range(x.shape[0]):
+                h = leak * v + x[t]  # charge
+                s = (h >= alpha * th).to(x.dtype)  # fire at alpha * Vth
+                v = h - th * s  # reset by subtracting Vth
+                out[t] = s
         w = time_weights(x.shape[0], leak, x)
         x_bar = torch.einsum("t,t...->...", w, x) / w.sum()
         ctx.save_for_backward(x_bar, th, w)
@@ -76,14 +80,15 @@ class DSRSpike(torch.autograd.Function):
         shape = (-1,) + (1,) * g_xbar.dim()
         g_x = g_xbar.unsqueeze(0) * (w / w.sum()).reshape(shape)  # d x_bar / d x[t] = w_t / sum w
         g_vth = None if not ctx.needs_input_grad[1] else (g_vth * ctx.scale).to(ctx.vth_dtype)
-        return g_x, g_vth, None, None, None, None
+        return g_x, g_vth, None, None, None, None, None
 
 
 def dsr_dynamics(layer: LIF, x: Tensor, alpha: float = 0.5, spike_value: str = "unit",
                  threshold_grad_scale: float = 1.0) -> Tensor:
-    """Neuron dynamics for DSR: the real spikes forward, the clamp-map derivative backward."""
+    """Neuron dynamics for DSR: the real spikes forward (the fused kernel where the layer's
+    ``backend`` selects it), the clamp-map derivative backward."""
     return DSRSpike.apply(x, layer.vth(), layer.leak, alpha, spike_value == "unit",
-                          threshold_grad_scale)
+                          threshold_grad_scale, use_kernels(layer.config.backend, x))
 
 
 @STRATEGIES.register("dsr")
