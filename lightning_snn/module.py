@@ -35,6 +35,10 @@ class SNNModule(pl.LightningModule):
         scheduler: ``cosine`` (to 0 over the run), ``multistep`` (x``gamma`` at ``milestones``
             epochs) or ``constant``; stepped every optimiser step.
         warmup_steps: linear learning-rate warm-up over this many optimiser steps.
+        compile: compile the network with ``torch.compile`` (in place: parameter names and
+            checkpoints are unchanged). Stateless layers run on the folded ``[T*B, ...]`` tensor and
+            each neuron layer on the fused back end (``neuron.backend``) is one custom-op node, so
+            the graph and the compile time do not grow with T; the ``torch`` loop is unrolled.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class SNNModule(pl.LightningModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         warmup_steps: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -70,6 +75,8 @@ class SNNModule(pl.LightningModule):
             **(network_args or {}),
         )
         self.strategy.check_model(self.net)
+        if compile:
+            self.net.compile()
         self.automatic_optimization = self.strategy.automatic_optimization
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -44,6 +44,19 @@ def _surrogate(u, c0, c1, SURROGATE: tl.constexpr):
 
 
 @triton.jit
+def _narrow(x, dtype: tl.constexpr):
+    # fp32 -> bf16 rounded to nearest even by hand, as torch's .to() rounds (Triton's CPU
+    # interpreter truncates in its own cast): add 0x7FFF + the lowest kept bit, keep the top half
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(x == x, rounded, x.to(tl.bfloat16))  # NaN stays NaN
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def lif_forward_kernel(x_ptr, s_ptr, h_ptr, vth_ptr, T, N, x_stride_t, leak, fire_scale,
                        SAVE_H: tl.constexpr, BLOCK: tl.constexpr):
     """Spikes ``s [T, N]`` (x's dtype) from input ``x`` (row t at ``x_ptr + t * x_stride_t``,
@@ -103,7 +116,7 @@ def lif_backward_kernel(gs_ptr, h_ptr, x_ptr, gx_ptr, gvth_ptr, vth_ptr, T, N, x
             gh = gv + gs * sg
         else:
             gh = gv + (gs - vth * gv) * sg
-        tl.store(xp, gh.to(gx_ptr.dtype.element_ty), mask=mask)
+        tl.store(xp, _narrow(gh, gx_ptr.dtype.element_ty), mask=mask)
         if VTH_GRAD:
             s = (u >= 0.0).to(acc)
             gth += tl.where(mask, -(gh - gv) - gv * s, 0.0)

@@ -143,12 +143,14 @@ lif_multistep_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------ wrappers
-def _check(x: Tensor, vth: Tensor) -> None:
+def _check(x: Tensor, vth: Tensor) -> Tensor:
+    """The threshold as a 0-dim tensor on x's device, after checking both."""
     if x.dim() < 1 or x.dtype not in INPUT_DTYPES:
         raise ValueError(f"neuron input must be a floating [T, ...] tensor of one of {INPUT_DTYPES}, "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
     if vth.numel() != 1:
         raise ValueError(f"the threshold must be one value per layer, got shape {tuple(vth.shape)}")
+    return vth.reshape(()).to(x.device)
 
 
 def lif_multistep(x: Tensor, vth: Tensor, leak: float, surrogate: str = "sigmoid",
@@ -157,11 +159,10 @@ def lif_multistep(x: Tensor, vth: Tensor, leak: float, surrogate: str = "sigmoid
     ``vth`` with the named surrogate: the fused equivalent of ``LIF.forward``'s torch loop."""
     if surrogate not in SURROGATE_IDS:
         raise ValueError(f"unknown surrogate {surrogate!r}; valid choices: {sorted(SURROGATE_IDS)}")
-    vth = vth.reshape(())
-    _check(x, vth)
+    vth = _check(x, vth)
     need_grad = torch.is_grad_enabled() and (x.requires_grad or vth.requires_grad)
     save_h = need_grad and state_dtype(x.dtype) == x.dtype
-    s, _ = torch.ops.lightning_snn.lif_multistep(x, vth.to(x.device), float(leak), 1.0,
+    s, _ = torch.ops.lightning_snn.lif_multistep(x, vth, float(leak), 1.0,
                                                   SURROGATE_IDS[surrogate], float(alpha),
                                                   bool(detach_reset), save_h)
     return s
@@ -169,8 +170,7 @@ def lif_multistep(x: Tensor, vth: Tensor, leak: float, surrogate: str = "sigmoid
 
 def lif_fire(x: Tensor, vth: Tensor, leak: float, fire_scale: float = 1.0) -> Tensor:
     """Spikes only (no gradient): fire at ``fire_scale * Vth``, subtract ``Vth`` (DSR's forward)."""
-    vth = vth.detach().reshape(())
-    _check(x, vth)
-    s, _ = torch.ops.lightning_snn.lif_multistep(x.detach(), vth.to(x.device), float(leak),
+    vth = _check(x, vth.detach())
+    s, _ = torch.ops.lightning_snn.lif_multistep(x.detach(), vth, float(leak),
                                                   float(fire_scale), 0, 1.0, False, False)
     return s
