@@ -127,13 +127,13 @@ def test_potential_equals_the_charge_equation():
 
 
 # ------------------------------------------------------------------------------ memory layouts
-@pytest.mark.parametrize("layout", ["transposed", "time_strided", "expanded"])
-def test_non_contiguous_input(layout):
-    T = 3
+@pytest.mark.parametrize("layout,T", [("transposed", 3), ("transposed", 1), ("time_strided", 3),
+                                      ("expanded", 3)])
+def test_non_contiguous_input(layout, T):
     base, grad = inputs(T, 9, 40, seed=5)
     if layout == "transposed":  # x[t] is not one packed block: made contiguous once
         x, grad = base.transpose(1, 2), grad.transpose(1, 2)
-    elif layout == "time_strided":  # x[t] packed, rows 360 + 40 elements apart: read in place
+    elif layout == "time_strided":  # x[t] packed (360 values), rows 400 apart: read in place
         x = torch.cat([base, base[:, :1]], 1)[:, :9]
     else:  # a direct-encoded input: the same image at every step (stride 0 in time)
         x = base[0].unsqueeze(0).expand(T, -1, -1)

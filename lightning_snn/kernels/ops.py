@@ -49,7 +49,7 @@ def _layout(x: Tensor) -> tuple[Tensor, int]:
     """``x`` and the element stride between its time steps: any ``[T, ...]`` whose step ``x[t]``
     is one packed block is read in place (a direct-encoded input has stride 0 in time); anything
     else is made contiguous once."""
-    if x.shape[0] > 1 and not x[0].is_contiguous():
+    if not x[0].is_contiguous():
         x = x.contiguous()
     return x, (x.stride(0) if x.shape[0] > 1 else 0)
 
@@ -145,7 +145,7 @@ lif_multistep_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------ wrappers
 def _check(x: Tensor, vth: Tensor) -> Tensor:
     """The threshold as a 0-dim tensor on x's device, after checking both."""
-    if x.dim() < 1 or x.dtype not in INPUT_DTYPES:
+    if x.dim() < 1 or x.shape[0] == 0 or x.dtype not in INPUT_DTYPES:
         raise ValueError(f"neuron input must be a floating [T, ...] tensor of one of {INPUT_DTYPES}, "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
     if vth.numel() != 1:
