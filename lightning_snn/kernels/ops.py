@@ -102,7 +102,7 @@ def lif_multistep_backward_op(grad_s: Tensor, saved: Tensor, vth: Tensor, leak: 
         x, stride_t = _layout(saved)
         h = torch.empty(grad_s.shape, dtype=acc, device=grad_s.device)  # scratch
     else:
-        x, stride_t, h = saved, 0, saved
+        x, stride_t, h = saved, 0, saved.contiguous()
     gx = torch.empty(grad_s.shape, dtype=saved.dtype, device=grad_s.device)
     grid = _grid(n)
     partial = torch.zeros(grid[0] if vth_grad else 1, dtype=acc, device=grad_s.device)
@@ -126,9 +126,13 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     ctx.recompute = not save_h
     ctx.args = (leak, fire_scale, surrogate, alpha, detach_reset)
     ctx.save_for_backward(x if ctx.recompute else h, vth)
+    ctx.mark_non_differentiable(h)  # saved state, not a result
+    ctx.set_materialize_grads(False)  # no zero [T, ...] gradient made up for h in backward
 
 
 def _backward(ctx, grad_s: Tensor, grad_h: Tensor):  # type: ignore[no-untyped-def]
+    if grad_s is None:
+        return (None,) * 8
     saved, vth = ctx.saved_tensors
     leak, fire_scale, surrogate, alpha, detach_reset = ctx.args
     if fire_scale != 1.0:
