@@ -62,6 +62,10 @@ class SNNModule(pl.LightningModule):
         scheduler: ``cosine`` (to 0 over the run), ``multistep`` (x``gamma`` at ``milestones``
             epochs) or ``constant``; stepped every optimiser step.
         warmup_steps: linear learning-rate warm-up over this many optimiser steps.
+        compile: compile the network with ``torch.compile`` (in place: parameter names and
+            checkpoints are unchanged). Stateless layers run on the folded ``[T*B, ...]`` tensor and
+            each neuron layer on the fused back end (``neuron.backend``) is one custom-op node, so
+            the graph and the compile time do not grow with T; the ``torch`` loop is unrolled.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class SNNModule(pl.LightningModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         warmup_steps: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         _check_options(T=T, lr=lr, momentum=momentum, weight_decay=weight_decay, gamma=gamma,
@@ -108,6 +113,8 @@ class SNNModule(pl.LightningModule):
             GradientStrategy.check_model(strategy_cls, self.net)  # type: ignore[arg-type]
         self.strategy: GradientStrategy = STRATEGIES.build(strategy, T=T, **(strategy_args or {}))
         self.strategy.check_model(self.net)
+        if compile:  # stateless layers and each neuron's fused op compiled; T is not unrolled
+            self.net.compile()
         # one loss for training and evaluation (an online strategy calls it per step)
         self.loss = SpikingLoss.for_strategy(self.strategy, loss)
         self.automatic_optimization = not self.strategy.online

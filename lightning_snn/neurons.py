@@ -21,11 +21,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_snn.kernels import BACKENDS, lif_multistep, use_kernels
 from lightning_snn.registry import Registry
 
 # --------------------------------------------------------------------------------------------------
@@ -96,6 +97,9 @@ class NeuronConfig:
         surrogate: pseudo-derivative of the spike: ``sigmoid``, ``atan`` or ``rectangle``.
         surrogate_alpha: sharpness of the surrogate (``rectangle`` has width ``1/alpha``).
         detach_reset: cut the gradient through the reset term ``Vth * s[t]``.
+        backend: what runs the multi-step dynamics: ``triton`` (fused kernels, one custom op per
+            layer: see ``lightning_snn.kernels``), ``torch`` (the loop over T below, the
+            reference) or ``auto`` (the kernels on CUDA when Triton imports, else the torch loop).
     """
 
     threshold: float = 1.0
@@ -106,8 +110,11 @@ class NeuronConfig:
     surrogate_alpha: float = 4.0
     detach_reset: bool = False
     kind: str = "lif"
+    backend: Literal["auto", "torch", "triton"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown neuron backend {self.backend!r}; valid choices: {list(BACKENDS)}")
         if not self.threshold > 0:
             raise ValueError(f"neuron threshold must be > 0, got {self.threshold}")
         if not 0.0 < self.leak <= 1.0:
@@ -167,6 +174,9 @@ class SpikingNeuron(Stateful, nn.Module):
 
     kind: ClassVar[str]
     has_rate_map: ClassVar[bool] = False
+    # the fused multi-step kernels (``NeuronConfig.backend``) implement exactly the LIF hooks with a
+    # fixed leak: a kind sets this only when its charge / fire / reset are those
+    fused: ClassVar[bool] = False
 
     def __init__(self, config: NeuronConfig | None = None) -> None:
         super().__init__()
@@ -178,6 +188,20 @@ class SpikingNeuron(Stateful, nn.Module):
             self.register_buffer("threshold", th, persistent=False)
         self.v: Tensor | None = None  # post-reset potential between single steps
         self.dynamics: Dynamics | None = None
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Convert like any module, and let a threshold that still holds its configured value
+        take that value exactly in the new dtype (``.double()`` of a float32 layer gives 0.3,
+        not 0.30000001192)."""
+        th = self.threshold
+        configured = th.device.type != "meta" and th.is_floating_point() and float(th) == float(
+            torch.tensor(self.config.threshold, dtype=th.dtype))
+        super()._apply(fn, recurse)
+        th = self.threshold
+        if configured and th.is_floating_point() and th.device.type != "meta":
+            with torch.no_grad():
+                th.fill_(self.config.threshold)
+        return self
 
     @classmethod
     def check_config(cls, config: NeuronConfig) -> None:
@@ -234,6 +258,10 @@ class SpikingNeuron(Stateful, nn.Module):
         if self.dynamics is not None:
             return self.dynamics(self, x)
         vth = self.vth()
+        c = self.config
+        if self.fused and use_kernels(c.backend, x):  # one fused op: the same dynamics and gradients
+            return lif_multistep(x, vth, self.leak_value(), c.surrogate, c.surrogate_alpha,
+                                 c.detach_reset)
         v: Tensor | None = None
         out = []
         for t in range(x.shape[0]):
@@ -267,24 +295,11 @@ class LIF(SpikingNeuron):
     """Leaky integrate-and-fire layer with a fixed leak (IF when ``leak == 1``)."""
 
     has_rate_map = True
+    fused = True
 
     @property
     def leak(self) -> float:
         return self.config.leak
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        """Convert like any module, and let a threshold that still holds its configured value
-        take that value exactly in the new dtype (``.double()`` of a float32 layer gives 0.3,
-        not 0.30000001192)."""
-        th = self.threshold
-        configured = th.device.type != "meta" and th.is_floating_point() and float(th) == float(
-            torch.tensor(self.config.threshold, dtype=th.dtype))
-        super()._apply(fn, recurse)
-        th = self.threshold
-        if configured and th.is_floating_point() and th.device.type != "meta":
-            with torch.no_grad():
-                th.fill_(self.config.threshold)
-        return self
 
     def extra_repr(self) -> str:
         c = self.config
@@ -329,6 +344,9 @@ class PLIF(SpikingNeuron):
 
     @classmethod
     def check_config(cls, config: NeuronConfig) -> None:
+        if config.backend == "triton":
+            raise ValueError("neuron kind 'plif' (learnt leak) runs on the torch back end: the fused "
+                             "kernels take a fixed leak (valid: backend 'auto' or 'torch')")
         if not 0.0 < config.leak < 1.0:
             raise ValueError(f"neuron kind 'plif' learns its leak from the initial value leak in "
                              f"(0, 1), got leak={config.leak} (e.g. 0.5: tau = 2)")

@@ -4,12 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LIGHTNING_SNN_DATA", ROOT / "data"))
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Without a GPU the Triton neuron kernels run on CPU under Triton's interpreter; it must be chosen
+# before triton is first imported (lightning_snn.kernels imports it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_snn.kernels import lif_fire, use_kernels
 from lightning_snn.models.base import SpikingNet
 from lightning_snn.neurons import SpikingNeuron, neuron_dynamics, weighted_rate
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
@@ -67,15 +68,18 @@ class DSRSpike(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, vth: Tensor, layer: SpikingNeuron, alpha: float, unit: bool,  # type: ignore[override]
-                threshold_grad_scale: float) -> Tensor:
+                threshold_grad_scale: float, fused: bool = False) -> Tensor:
         th = vth.detach().to(x.dtype)
-        v: Tensor | None = None
-        out = x.new_empty(x.shape)
-        for t in range(x.shape[0]):
-            h = layer.charge(v, x[t])
-            s = layer.fire(h, alpha * th)  # fire at alpha * Vth
-            v = layer.reset(h, s, th)  # subtract Vth
-            out[t] = s
+        if fused:  # the neuron's forward kernel, firing level alpha * Vth (state in fp32)
+            out = lif_fire(x, vth, layer.leak_value(), fire_scale=alpha)
+        else:
+            v: Tensor | None = None
+            out = x.new_empty(x.shape)
+            for t in range(x.shape[0]):
+                h = layer.charge(v, x[t])
+                s = layer.fire(h, alpha * th)  # fire at alpha * Vth
+                v = layer.reset(h, s, th)  # subtract Vth
+                out[t] = s
         w = layer.rate_weights(x.shape[0], x)
         x_bar = torch.einsum("t,t...->...", w, x) / w.sum()
         ctx.save_for_backward(x_bar, th, w)
@@ -95,7 +99,7 @@ class DSRSpike(torch.autograd.Function):
         shape = (-1,) + (1,) * g_xbar.dim()
         g_x = g_xbar.unsqueeze(0) * (w / w.sum()).reshape(shape)  # d x_bar / d x[t] = w_t / sum w
         g_vth = None if not ctx.needs_input_grad[1] else (g_vth * ctx.scale).to(ctx.vth_dtype)
-        return g_x, g_vth, None, None, None, None
+        return g_x, g_vth, None, None, None, None, None
 
 
 class OfficialLIFSpike(torch.autograd.Function):
@@ -140,7 +144,9 @@ def dsr_dynamics(layer: SpikingNeuron, x: Tensor, alpha: float = 0.5, spike_valu
     if rule == "official" and leak < 1.0:
         dt = -tau * math.log(leak) if dt is None else dt
         return OfficialLIFSpike.apply(x, layer.vth(), leak, alpha, tau, dt, threshold_grad_scale)
-    return DSRSpike.apply(x, layer.vth(), layer, alpha, spike_value == "unit", threshold_grad_scale)
+    fused = layer.fused and use_kernels(layer.config.backend, x)  # the kernel where backend selects it
+    return DSRSpike.apply(x, layer.vth(), layer, alpha, spike_value == "unit", threshold_grad_scale,
+                          fused)
 
 
 @STRATEGIES.register("dsr")
