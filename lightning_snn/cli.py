@@ -54,6 +54,10 @@ class SNNCLI(LightningCLI):
     _ckpt_hparams: dict[str, Any] | None = None
     _ckpt_file: str | None = None
 
+    def __init__(self, *args: Any, trainer_class: Any = SNNTrainer, **kwargs: Any) -> None:
+        # the trainer class carries the ``export`` and ``report`` commands
+        super().__init__(*args, trainer_class=trainer_class, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands plus ``export`` (NIR) and ``report`` (spikes / SOPs / energy)."""
@@ -137,7 +141,6 @@ def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
         "save_config_kwargs": {"overwrite": False},
         **cli_kwargs,
     }
-    kwargs.setdefault("trainer_class", SNNTrainer)
     return SNNCLI(SNNModule, VisionDataModule, args=args, **kwargs)
 
 

@@ -30,6 +30,9 @@ def check_args(args: list[str]) -> None:
         def instantiate_classes(self) -> None:
             pass
 
+        def after_instantiate_classes(self) -> None:
+            pass
+
         def _run_subcommand(self, subcommand: str) -> None:
             pass
 
@@ -39,4 +42,7 @@ def check_args(args: list[str]) -> None:
             warnings.filterwarnings("ignore", message=".*args parameter is intended")
             ParseOnly(SNNModule, VisionDataModule, args=args, parser_kwargs={**off, args[0]: off})
     except argparse.ArgumentError as e:
-        raise UsageError(f"{one_line(e)} (valid: what `python -m lightning_snn {args[0]} --help` lists)") from e
+        line = one_line(e)
+        if "(valid: " not in line:
+            line += f" (valid: what `python -m lightning_snn {args[0]} --help` lists)"
+        raise UsageError(line) from e

@@ -73,6 +73,8 @@ def parser_error_line(message: str) -> str:
     reasons = [ln for ln in rest if ln and not ln.startswith(
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]
     reason = reasons[-1].lstrip("- ") if reasons else "invalid arguments"
+    if not key and len(reasons) > 1 and reason != reasons[0]:  # e.g. a YAML error: what, then where
+        reason = f"{reasons[0].rstrip(':')}: {reason}"
     line = f"{key}: {reason}" if key and key not in reason else reason
     if any(hint in line for hint in ("(valid: ", "(choose from ", " must be ")):
         return line  # the reason states what is valid

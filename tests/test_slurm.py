@@ -311,7 +311,7 @@ def test_unknown_partition_names_the_ones_sinfo_reports(slurm_cluster, tmp_path,
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--", "--model.T", "abc"], 'Parser key "model.T": Expected a <class \'int\'>. Got value: abc'),
+    (["--", "--model.T", "abc"], "model.T: expected an integer, got 'abc'"),
     (["--", "--model.no_such_option=1"], "no_such_option"),
     (["--config", "BAD_YAML"], "Problems parsing config"),
 ])

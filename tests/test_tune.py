@@ -283,7 +283,7 @@ def test_slurm_script_renders_a_ray_cluster_job(tmp_path, capsys, monkeypatch):
     (["--workdir", "nowhere"], "--workdir 'nowhere' does not exist"),
     (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "EMPTY"], "an empty search space"),
     (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
-      "--model.T=abc"], "Got value: abc"),
+      "--model.T=abc"], "model.T: expected an integer, got 'abc'"),
     (["--", "--config", "configs/fmnist_mlp_bptt.yaml", "--space", "tune/spaces/threshold_T.yaml",
       "--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
 ])
@@ -308,14 +308,14 @@ def test_slurm_sweep_job_input_is_checked_like_the_sweep(args, expected, tmp_pat
 @pytest.mark.parametrize("space, args, expected", [
     ("", [], "an empty search space (valid: a mapping of dotted config keys"),
     ("model.neuron.thresh: {uniform: [0.5, 2.0]}", [], "Option 'thresh' is not accepted"),
-    ("model.T: {choice: [abc]}", [], 'Parser key "model.T": Expected a <class \'int\'>. Got value: abc'),
+    ("model.T: {choice: [abc]}", [], "model.T: expected an integer, got 'abc'"),
     ("model.lr: {uniform: [1]}", [], "space key 'model.lr': {'uniform': [1]} is not a valid distribution"),
     ("model.T: {choice: [2]}", ["--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
     ("model.T: {choice: [2]}", ["--config", "configs/nope.yaml"], "--config 'configs/nope.yaml' does not exist"),
     ("model.T: {choice: [2]}", ["--config", ""], "--config is required"),
     ("model.T: {choice: [2]}", ["--metric", "val/acc5"], "--metric 'val/acc5' is not reported by the trials "
                                                          "(valid: val/acc, val/loss, train/loss)"),
-    ("model.T: {choice: [2]}", ["--", "--model.T=abc"], "Got value: abc"),
+    ("model.T: {choice: [2]}", ["--", "--model.T=abc"], "model.T: expected an integer, got 'abc'"),
     ("model.T: {choice: [2]}", ["--num-samples", "x"], "--num-samples: invalid int value: 'x'"),
 ])
 def test_bad_sweep_input_is_one_line_before_ray_starts(space, args, expected, tmp_path, capsys):
