@@ -116,12 +116,16 @@ def test_paper_model_and_bad_options():
     assert out.shape == (1, 2, 10) and out.abs().sum() == 0  # no input, no spikes
     with pytest.raises(ValueError, match="reset must be one of"):
         STRATEGIES.build("proxy", T=3, reset="soft")
-    with pytest.raises(TypeError, match="loss"):  # the loss is the module's (model.loss)
+    with pytest.raises(ValueError, match=r"no argument\(s\) \[.loss.\]"):  # the loss is the module's (model.loss)
         STRATEGIES.build("proxy", T=3, loss="ce")
     lif_net = MODELS.build("proxy_convnet", input_shape=(1, 6, 6), num_classes=3,
                            neuron=NeuronConfig(leak=0.9), channels=(4,), hidden=())
     with pytest.raises(ValueError, match="leak to 1.0"):
         strat.check_model(lif_net)
+    trained = MODELS.build("proxy_convnet", input_shape=(1, 6, 6), num_classes=3, channels=(4,),
+                           hidden=(), neuron=NeuronConfig(trainable_threshold=True))
+    with pytest.raises(ValueError, match=r"cannot train thresholds.*trainable_threshold to false"):
+        strat.check_model(trained)
     with pytest.raises(ValueError, match="cannot train model"):
         strat.check_model(MODELS.build("f_mlp", input_shape=(1, 4, 4), num_classes=3))
 

@@ -101,6 +101,13 @@ class Proxy(GradientStrategy):
         super().check_model(model)
         if any(m.leak_value() != 1.0 for m in model.spiking_layers()):
             raise ValueError("proxy learning pairs IF neurons with ReLU: set model.neuron.leak to 1.0")
+        # the ReLU twin has no threshold, so the ANN's gradient gives a learnt Vth nothing
+        trained = [n for n, m in model.named_modules()
+                   if isinstance(m, SpikingNeuron) and m.config.trainable_threshold]
+        if trained:
+            raise ValueError(
+                f"proxy learning cannot train thresholds (the ReLU twin has none), but layer(s) "
+                f"{trained} have trainable ones: set model.neuron.trainable_threshold to false")
 
     def snn(self, model: SpikingNet, x: Tensor) -> tuple[Tensor, SpikingNeuron | None]:
         """The SNN's output ``[B, classes]`` (no graph): the spike counts of the output layer
