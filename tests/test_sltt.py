@@ -216,3 +216,33 @@ def test_sltt_trains_plain_synapses():
     strat.check_model(net)
     strat.train_step(net, torch.randn(4, 4) * 2, torch.tensor([0, 1, 2, 0]))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_sltt_k_under_two_process_ddp_equals_one_process_with_one_allreduce_per_batch(tmp_path):
+    """SLTT-K (T=5, K=2) through Lightning: 2 DDP processes (gloo) end with the parameters of one
+    process, both ranks draw the same steps, and the gradient is all-reduced once per batch, also
+    in batches whose last time step does not back-propagate."""
+    import json
+    import subprocess
+    import sys
+
+    from test_ottt import SCRIPT, clean_env
+
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(devices), str(out), "sltt", '{"K": 2}', "5"],
+            env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results[devices] = (torch.load(out / "params.pt"), json.loads((out / "calls.json").read_text()))
+    one, two = results[1][0], results[2][0]
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-9, atol=1e-11)
+    calls = results[2][1]
+    assert calls["steps"] == 2 and calls["allreduce_per_rank"] == [2, 2], calls
+    drawn = calls["backward_steps_per_rank"]
+    assert drawn[0] == drawn[1] == results[1][1]["backward_steps_per_rank"][0]
+    assert all(len(set(s)) == 2 for s in drawn[0]) and any(4 not in s for s in drawn[0]), drawn
