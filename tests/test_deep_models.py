@@ -303,7 +303,7 @@ def test_vgg11f_ws_strategies(strategy):
     strat = STRATEGIES.build(strategy, T=3)
     if strategy in ("dsr", "ide"):
         with pytest.raises(ValueError, match=rf"'{strategy}' cannot train model SpikingVGG11FWS "
-                           r"\(kind 'recurrent'\).*\['bptt', 'ottt_a', 'ottt_o'\]"):
+                           r"\(kind 'recurrent'\).*\['bptt', 'ottt_a', 'ottt_o', 'sltt'\]"):
             strat.check_model(net)
         return
     strat.check_model(net)

@@ -9,14 +9,15 @@ manual backward, DDP ``no_sync`` except at the last step, optimiser steps). Batc
 where a model has them, span a single step (B samples).
 
 A subclass only states what differs: ``update_every_step`` (an optimiser step at every time step
-rather than once per batch) and, through :meth:`OnlineStrategy.online_run`, extra per-run set-up
-(OTTT's presynaptic traces).
+rather than once per batch), through :meth:`OnlineStrategy.online_run`, extra per-run set-up
+(OTTT's presynaptic traces), and through :meth:`OnlineStrategy.backward_steps`, which steps
+back-propagate (SLTT-K: K random ones; the others run forward without a graph).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import torch
 from torch import Tensor, nn
 
@@ -58,6 +59,11 @@ class OnlineStrategy(GradientStrategy):
         finally:
             reset_states(model)
 
+    def backward_steps(self, T: int) -> list[int]:
+        """The time steps of one training step that back-propagate, in increasing order (all of
+        them here). The others still run forward, under ``torch.no_grad``, and update the state."""
+        return list(range(T))
+
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
         """Per-step outputs ``[T, B, classes]``. In eval mode the values of the online run equal
         those of the plain multi-step forward (no state is detached, batch norm uses running
@@ -77,7 +83,8 @@ class OnlineStrategy(GradientStrategy):
         self, model: SpikingNet, x: Tensor, y: Tensor, loss: SpikingLoss | None = None,
         backward: Backward | None = plain_backward,
     ) -> tuple[Tensor, Tensor]:
-        """Run T online steps, calling ``backward(L[t], t == T - 1)`` after each.
+        """Run T online steps, calling ``backward(L[t], last_step)`` after each step of
+        :meth:`backward_steps` (``last_step``: the last of those, where DDP all-reduces).
 
         Returns the summed loss (detached) and the per-step outputs ``[T, B, classes]``. With the
         default ``backward`` the parameters' ``.grad`` end as the accumulated gradient.
@@ -88,13 +95,17 @@ class OnlineStrategy(GradientStrategy):
         loss = loss or SpikingLoss.for_strategy(self)
         xs = self.encode(x)
         T = xs.shape[0]
+        steps = set(self.backward_steps(T))
+        last = max(steps)
         outs, total = [], torch.zeros((), device=x.device)
         with self.online_run(model, training=True):
             for t in range(T):
                 detach_states(model)  # no graph across steps (a recurrent model's delays too)
-                out = model(xs[t : t + 1])[0]
-                step_loss = loss.step(out, y, T)
-                backward(step_loss, t == T - 1)
+                with nullcontext() if t in steps else torch.no_grad():
+                    out = model(xs[t : t + 1])[0]
+                    step_loss = loss.step(out, y, T)
+                if t in steps:
+                    backward(step_loss, t == last)
                 outs.append(out.detach())
                 total = total + step_loss.detach()
         return total, torch.stack(outs)

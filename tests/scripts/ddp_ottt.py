@@ -1,5 +1,6 @@
-"""Train a tiny MLP with OTTT_A for two batches on 1 process or 2 DDP processes (gloo, CPU);
-save the final parameters and the number of gradient all-reduces. Usage: ddp_ottt.py DEVICES OUT"""
+"""Train a tiny MLP with OTTT_A (or another online strategy) for two batches on 1 process or 2 DDP
+processes (gloo, CPU); save the final parameters and the number of gradient all-reduces.
+Usage: ddp_ottt.py DEVICES OUT [STRATEGY [STRATEGY_ARGS_JSON [T]]]"""
 
 import json
 import sys
@@ -47,17 +48,21 @@ class RankShard(torch.utils.data.Dataset):
         return self.x[j], self.y[j]
 
 
-def main(devices: int, out: Path) -> None:
+def main(devices: int, out: Path, strategy_name: str = "ottt_a", strategy_args: dict | None = None,
+         T: int = 3) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16, 6, generator=g, dtype=torch.float64) * 2
     y = torch.randint(0, 3, (16,), generator=g)
     module = SNNModule(
         "mlp", num_classes=3, input_shape=(6,), network_args={"hidden": (8, 5), "batch_norm": False},
-        neuron=NeuronConfig(threshold=0.5, leak=0.6, surrogate_alpha=2.0), strategy="ottt_a",
-        loss=LossConfig(mse_weight=0.3), T=3, optimizer="sgd", lr=0.5, momentum=0.0,
+        neuron=NeuronConfig(threshold=0.5, leak=0.6, surrogate_alpha=2.0), strategy=strategy_name,
+        strategy_args=strategy_args, loss=LossConfig(mse_weight=0.3), T=T, optimizer="sgd", lr=0.5, momentum=0.0,
         weight_decay=0.0, scheduler="constant",
     ).double()
+    drawn: list[list[int]] = []  # the back-propagating steps of each batch
+    steps_of = module.strategy.backward_steps
+    module.strategy.backward_steps = lambda T: drawn.append(steps_of(T)) or drawn[-1]  # type: ignore[method-assign]
     strategy = DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto"
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
                          callbacks=[CountAllReduce()],
@@ -65,16 +70,18 @@ def main(devices: int, out: Path) -> None:
                          enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False)
     # batch 8 / devices per process: the same global batches (0..7, 8..15), two optimiser steps
     trainer.fit(module, DataLoader(RankShard(x, y, devices), batch_size=8 // devices, shuffle=False))
-    calls = [CALLS[0]]
+    calls, steps = [CALLS[0]], [drawn]
     if devices > 1:
-        gathered = [None] * devices
-        dist.all_gather_object(gathered, CALLS[0])
-        calls = gathered
+        calls, steps = [None] * devices, [None] * devices
+        dist.all_gather_object(calls, CALLS[0])
+        dist.all_gather_object(steps, drawn)
     if trainer.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().clone() for k, v in module.net.state_dict().items()}, out / "params.pt")
-        (out / "calls.json").write_text(json.dumps({"steps": trainer.global_step, "allreduce_per_rank": calls}))
+        (out / "calls.json").write_text(json.dumps({"steps": trainer.global_step, "allreduce_per_rank": calls,
+                                                    "backward_steps_per_rank": steps}))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    extra = sys.argv[3:]
+    main(int(sys.argv[1]), Path(sys.argv[2]), *extra[:1], *[json.loads(a) for a in extra[1:3]])
