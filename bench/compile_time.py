@@ -2,11 +2,13 @@
 (``model.neuron.backend: triton``: one custom-op node per neuron layer) and the torch loop (unrolled
 T times by the compiler).
 
-Every (backend, T) point runs in a fresh subprocess with an empty inductor cache. Compile time is
-the wall time of the first compiled step (forward + backward: tracing, AOTAutograd, inductor code
-generation and the step itself) minus the median of the following steps. Without CUDA the kernels
-run under Triton's CPU interpreter (set here before triton is imported); its run time is not a speed
-figure, and it is subtracted with the steady steps.
+Every (backend, T) point runs in a fresh subprocess with an empty inductor cache and one compile
+thread. Compile time is the time of the first compiled step (forward + backward: tracing,
+AOTAutograd, inductor code generation and the step itself) minus the median of the following
+steps, both as wall time and as CPU time of the process and the compilers it ran (the CPU time does
+not move when other jobs share the machine). Without CUDA the kernels run under Triton's CPU
+interpreter (set here before triton is imported); its run time is not a speed figure, and it is
+subtracted with the steady steps.
 
     python bench/compile_time.py                                  # convnet, T = 4 and 32
     python bench/compile_time.py --network vgg11 --batch-size 128 --T 4 8 16 32   # on a GPU
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the C++ compiler runs)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def measure(backend: str, T: int, network: str, width: float | None, batch_size: int, steps: int,
@@ -48,21 +57,22 @@ def measure(backend: str, T: int, network: str, width: float | None, batch_size:
     x = torch.randn(batch_size, *shape, device=dev)
     y = torch.randint(0, 10, (batch_size,), device=dev)
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         net.zero_grad(set_to_none=True)
         F.cross_entropy(strat.forward(net, x).mean(0), y).backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, cpu_seconds() - c0
 
-    first = step()
-    steady = statistics.median(step() for _ in range(steps))
+    first, first_cpu = step()
+    steady = [step() for _ in range(steps)]
+    wall, cpu = statistics.median(w for w, _ in steady), statistics.median(c for _, c in steady)
     return {"backend": backend, "T": T, "network": network, "batch_size": batch_size,
-            "device": str(dev), "first_step_s": first, "step_s": steady,
-            "compile_s": first - steady}
+            "device": str(dev), "first_step_s": first, "step_s": wall, "compile_s": first - wall,
+            "first_step_cpu_s": first_cpu, "step_cpu_s": cpu, "compile_cpu_s": first_cpu - cpu}
 
 
 def main() -> None:
@@ -92,7 +102,8 @@ def main() -> None:
         for T in a.T:
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TORCHINDUCTOR_FX_GRAPH_CACHE="0",
-                           TORCHINDUCTOR_AUTOGRAD_CACHE="0", PYTHONPATH=str(ROOT))
+                           TORCHINDUCTOR_AUTOGRAD_CACHE="0", TORCHINDUCTOR_COMPILE_THREADS="1",
+                           PYTHONPATH=str(ROOT))
                 if device == "cpu":
                     env["TRITON_INTERPRET"] = "1"  # the kernels on CPU tensors
                 cmd = [sys.executable, __file__, "--_point", backend, str(T), "--network", a.network,
@@ -104,14 +115,15 @@ def main() -> None:
                 sys.exit(f"{backend} T={T} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(line[0][4:]))
             r = rows[-1]
-            print(f"{backend:7s} T={T:3d}: compile {r['compile_s']:7.1f} s, step {r['step_s'] * 1e3:8.1f} ms",
-                  flush=True)
-    print(f"\n{a.network}, batch {a.batch_size}, {device}: compile time (s) of a BPTT step\n")
-    print("| backend | " + " | ".join(f"T={T}" for T in a.T) + f" | T={a.T[-1]} / T={a.T[0]} |")
-    print("|---|" + "---|" * (len(a.T) + 1))
-    for backend in a.backends:
-        c = [r["compile_s"] for r in rows if r["backend"] == backend]
-        print(f"| {backend} | " + " | ".join(f"{v:.1f}" for v in c) + f" | {c[-1] / c[0]:.2f} |")
+            print(f"{backend:7s} T={T:3d}: compile {r['compile_s']:7.1f} s wall, "
+                  f"{r['compile_cpu_s']:7.1f} s CPU; step {r['step_s'] * 1e3:8.1f} ms", flush=True)
+    for key, what in (("compile_cpu_s", "CPU"), ("compile_s", "wall")):
+        print(f"\n{a.network}, batch {a.batch_size}, {device}: compile time of a BPTT step, s {what}\n")
+        print("| backend | " + " | ".join(f"T={T}" for T in a.T) + f" | T={a.T[-1]} / T={a.T[0]} |")
+        print("|---|" + "---|" * (len(a.T) + 1))
+        for backend in a.backends:
+            c = [r[key] for r in rows if r["backend"] == backend]
+            print(f"| {backend} | " + " | ".join(f"{v:.1f}" for v in c) + f" | {c[-1] / c[0]:.2f} |")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

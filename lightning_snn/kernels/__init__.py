@@ -10,4 +10,5 @@ from lightning_snn.kernels.ops import (
     triton_available,
 )
 
-__all__ = ["BACKENDS", "use_kernels", "interpreted", "kernels_run_on", "lif_fire", "lif_multistep", "triton_available"]
+__all__ = ["BACKENDS", "interpreted", "kernels_run_on", "lif_fire", "lif_multistep", "triton_available",
+           "use_kernels"]
