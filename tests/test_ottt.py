@@ -3,7 +3,6 @@ equals BPTT, OTTT_A / OTTT_O through Lightning's manual optimisation, and 2-proc
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightning_snn.models import MODELS, SpikingNet
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import LIF, NeuronConfig
 from lightning_snn.strategies import STRATEGIES
+from procs import child_env
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_ottt.py"
@@ -208,20 +208,13 @@ def test_ottt_rejects_plain_synapses_after_spikes():
         STRATEGIES.build("ottt_a", T=2).check_model(Plain())
 
 
-def clean_env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    return env
-
-
 @pytest.mark.slow
 def test_ottt_a_under_two_process_ddp_equals_one_process(tmp_path):
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"d{devices}"
         proc = subprocess.run(
-            [sys.executable, str(SCRIPT), str(devices), str(out)], env=clean_env(),
+            [sys.executable, str(SCRIPT), str(devices), str(out)], env=child_env(),
             cwd=tmp_path, capture_output=True, text=True, timeout=240,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -227,14 +227,15 @@ def test_sltt_k_under_two_process_ddp_equals_one_process_with_one_allreduce_per_
     import subprocess
     import sys
 
-    from test_ottt import SCRIPT, clean_env
+    from procs import child_env
+    from test_ottt import SCRIPT
 
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"d{devices}"
         proc = subprocess.run(
             [sys.executable, str(SCRIPT), str(devices), str(out), "sltt", '{"K": 2}', "5"],
-            env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240,
+            env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         results[devices] = (torch.load(out / "params.pt"), json.loads((out / "calls.json").read_text()))
