@@ -80,6 +80,9 @@ def main(devices: int, out: Path, strategy_name: str = "ottt_a", strategy_args: 
         torch.save({k: v.detach().clone() for k, v in module.net.state_dict().items()}, out / "params.pt")
         (out / "calls.json").write_text(json.dumps({"steps": trainer.global_step, "allreduce_per_rank": calls,
                                                     "backward_steps_per_rank": steps}))
+    if dist.is_initialized():  # leave no gloo thread running into interpreter shutdown (abort)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
