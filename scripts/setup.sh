@@ -18,5 +18,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -r requirements.txt
+# the benchmark's SpikingJelly side, so the tests check the twin network (not a runtime dependency)
+.venv/bin/python -m pip install -q --no-deps -r bench/requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 PYTHON=.venv/bin/python bash scripts/fetch_data.sh data
