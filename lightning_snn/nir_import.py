@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
-from lightning_snn.models.deep import Delay, _carry_step
-from lightning_snn.neurons import LIF, NeuronConfig, neuron_dynamics, reset_states
+from lightning_snn.models.deep import Delay, run_step_by_step
+from lightning_snn.neurons import LIF, NeuronConfig
 
 
 class NIRImportError(ValueError):
@@ -220,14 +220,7 @@ class NIRNet(SpikingNet):
         """``[T, B, *input_shape]`` -> per-step outputs ``[T, B, *output_shape]``."""
         if not self.back:
             return self._sweep(x, None)
-        if any(m.dynamics is not None for m in self.spiking_layers()):
-            return self._steps(x)  # a strategy owns the state (OTTT's online steps)
-        reset_states(self)
-        try:
-            with neuron_dynamics(self, _carry_step):
-                return self._steps(x)
-        finally:
-            reset_states(self)
+        return run_step_by_step(self, self._steps, x)
 
     def _steps(self, x: Tensor) -> Tensor:
         outs = []

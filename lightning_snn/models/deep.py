@@ -16,7 +16,7 @@ pooling (a max of spikes is an OR). Stateless layers are wrapped in ``TimeDistri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +96,20 @@ def _carry_step(layer: SpikingNeuron, x: Tensor) -> Tensor:
     return torch.stack([layer.step(x[t]) for t in range(x.shape[0])])
 
 
+def run_step_by_step(model: SpikingNet, run: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``run(x)``, a model's own loop over time, with its neurons carrying state from step to step:
+    as they are when a strategy owns the state (OTTT's online steps), otherwise from rest with the
+    graph through time, keeping nothing afterwards."""
+    if any(m.dynamics is not None for m in model.spiking_layers()):
+        return run(x)
+    reset_states(model)
+    try:
+        with neuron_dynamics(model, _carry_step):
+            return run(x)
+    finally:
+        reset_states(model)
+
+
 @MODELS.register("vgg11f_ws")
 class SpikingVGG11FWS(SpikingNet):
     """OTTT's VGG-F: VGG(sWS) with a feedback connection from the last feature map to the first
@@ -157,14 +171,7 @@ class SpikingVGG11FWS(SpikingNet):
         return self.feedback[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if any(m.dynamics is not None for m in self.spiking_layers()):
-            return self._run(x)  # a strategy owns the state (OTTT's online steps)
-        reset_states(self)  # plain multi-step forward: from rest, graph through time, keeps nothing
-        try:
-            with neuron_dynamics(self, _carry_step):
-                return self._run(x)
-        finally:
-            reset_states(self)
+        return run_step_by_step(self, self._run, x)
 
     def _run(self, x: Tensor) -> Tensor:
         current = self.conv1(x)  # all steps at once (computed once for a static input)
