@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from typing import Any
 
 from lightning_snn.errors import UsageError, one_line
 
 
-def check_args(args: list[str]) -> None:
-    """Parse ``args`` (``fit --config ...``) with the command line's parser, building nothing.
+def check_args(args: list[str]) -> Any:
+    """Parse ``args`` (``fit --config ...``) with the command line's parser, building nothing;
+    returns the parsed configuration (a jsonargparse namespace, keyed by the subcommand).
 
     Raises :class:`UsageError` for a YAML syntax error, an unknown option or a value of the wrong
     type (``--model.T abc``), with jsonargparse's message on one line.
@@ -40,9 +42,10 @@ def check_args(args: list[str]) -> None:
     try:
         with warnings.catch_warnings():  # "args and sys.argv both given": intended here
             warnings.filterwarnings("ignore", message=".*args parameter is intended")
-            ParseOnly(SNNModule, VisionDataModule, args=args, parser_kwargs={**off, args[0]: off})
+            cli = ParseOnly(SNNModule, VisionDataModule, args=args, parser_kwargs={**off, args[0]: off})
     except argparse.ArgumentError as e:
         line = one_line(e)
         if "(valid: " not in line:
             line += f" (valid: what `python -m lightning_snn {args[0]} --help` lists)"
         raise UsageError(line) from e
+    return cli.config

@@ -1,0 +1,250 @@
+"""``python -m lightning_snn.suite {run,status,report} SUITE``: a paper's results table as one command.
+
+    python -m lightning_snn.suite run smoke --launcher local [--parallel 2] [--rows a,b] [--seeds 0,1]
+    python -m lightning_snn.suite run ide --launcher slurm --partition gpu --time 1-00:00:00 --max-concurrent 8
+    python -m lightning_snn.suite run ide --launcher ray --address auto --resources-per-run cpu=8,gpu=1
+    python -m lightning_snn.suite run ide --dry-run          # the plan: runs, state, estimated device-hours
+    python -m lightning_snn.suite status ide
+    python -m lightning_snn.suite report ide [--wandb-project P]
+
+SUITE is a name under ``configs/suites`` or a suite file. Runs live in ``<root>/<suite>/<row>/seed<k>``
+(``--root``, default ``runs/suites``). Options after ``--`` go to every run's ``fit`` command line
+(``-- --trainer.max_epochs 2`` for a quick pass: the report marks those runs ``shortened``). A finished
+run is never trained again, an interrupted one resumes from its checkpoint, a failed one is retried
+only with ``--retry-failed``; a run trained by another launch (its lock is held) is left alone.
+Everything is checked before anything starts (the suite file, every row's command line); bad input
+is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lightning_snn.errors import OneLineArgumentParser, run_main
+from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_suite
+
+BUSY_EXIT = 3
+
+
+def _csv(kind: type) -> "argparse._ActionType":  # type: ignore[name-defined]
+    def parse(text: str) -> list:
+        try:
+            return [kind(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(prog="python -m lightning_snn.suite", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("suite", help="a suite name (configs/suites/<name>.yaml) or a suite file")
+        q.add_argument("--root", default="runs/suites", help="where run folders live (default runs/suites)")
+        q.add_argument("--rows", type=_csv(str), default=None, help="comma-separated row names (default all)")
+        q.add_argument("--seeds", type=_csv(int), default=None, help="comma-separated seeds (default each row's)")
+
+    run = sub.add_parser("run", help="train every (row, seed) run that is not done")
+    common(run)
+    run.add_argument("--launcher", choices=["local", "slurm", "ray"], default="local")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (and the SLURM script); start nothing")
+    run.add_argument("--no-measure", action="store_true", help="dry run: do not time steps for the estimate")
+    run.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    run.add_argument("--wandb-project", default=None, help="log each run to W&B, grouped by suite and row")
+    run.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
+    run.add_argument("--partition", default=None, help="slurm: partition (checked against sinfo)")
+    run.add_argument("--time", default=None, help="slurm: time limit of one run (e.g. 1-00:00:00)")
+    run.add_argument("--gpus-per-run", type=int, default=1, help="slurm: devices (= processes) per run")
+    run.add_argument("--cpus-per-task", type=int, default=1, help="slurm: CPU cores per training process")
+    run.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu", help="slurm: device kind")
+    run.add_argument("--max-concurrent", type=int, default=None, help="slurm: array tasks running at once")
+    run.add_argument("--signal-lead", type=int, default=90, help="slurm: seconds before the limit to checkpoint")
+    run.add_argument("--sbatch", action="append", default=[], metavar="OPTION", help="slurm: extra #SBATCH line")
+    run.add_argument("--address", default=None, help="ray: cluster address (auto: the running cluster)")
+    run.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of a local Ray")
+    run.add_argument("--resources-per-run", default="cpu=1", help="ray: e.g. cpu=8,gpu=1")
+    run.add_argument("--max-failures", type=int, default=0, help="ray: retries of a failing run")
+
+    status = sub.add_parser("status", help="per row: done / running / failed / interrupted / pending")
+    common(status)
+
+    report = sub.add_parser("report", help="results.csv, results.md and results.png from the runs' results")
+    common(report)
+    report.add_argument("--out", default=None, help="folder of the report (default <root>/<suite>)")
+    report.add_argument("--wandb-project", default=None, help="also log the tables and plot to W&B")
+
+    ex = sub.add_parser("execute", help="train one run (what every launcher starts)")
+    ex.add_argument("suite")
+    ex.add_argument("--row", required=True)
+    ex.add_argument("--seed", type=int, required=True)
+    ex.add_argument("--root", default="runs/suites")
+    ex.add_argument("--retry-failed", action="store_true")
+    ex.add_argument("--wandb-project", default=None)
+    return p
+
+
+def _runs(suite: Suite, ns: argparse.Namespace) -> list[RunSpec]:
+    if ns.seeds is not None and not ns.seeds:
+        raise SuiteError("--seeds is empty (valid: comma-separated integers, e.g. 0,1)")
+    return suite.select(ns.rows, ns.seeds)
+
+
+def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
+    from lightning_snn.suite import launchers, plan
+
+    slurm = None
+    if ns.launcher == "slurm":
+        slurm = _slurm_options(ns)
+        opts.extra = [f"--trainer.accelerator={ns.accelerator}", f"--trainer.devices={ns.gpus_per_run}",
+                      "--trainer.num_nodes=1", *([] if ns.gpus_per_run == 1 else ["--trainer.strategy=ddp"]),
+                      *opts.extra]
+    if ns.parallel < 1:
+        raise SuiteError(f"--parallel {ns.parallel} (valid: an integer >= 1)")
+    runs = _runs(suite, ns)
+    checks = {r.row.name: plan.check_row(r.row, opts, r.seed) for r in runs}  # every row before anything starts
+    todo, lines = [], []
+    for r in runs:
+        state, detail = plan.run_state(r, opts)
+        missing = checks[r.row.name].missing_data
+        if missing:
+            state, detail = "not run", missing
+        elif state in ("pending", "interrupted") or (state == "failed" and opts.retry_failed):
+            todo.append(r)
+        lines.append((r, state, detail))
+    if ns.dry_run:
+        print_plan(suite, lines, checks, opts, measure=not ns.no_measure, launcher=ns.launcher)
+        if ns.launcher == "slurm" and todo:
+            launchers.run_slurm(suite, todo, opts, slurm, dry_run=True)
+        return 0
+    for r, state, detail in lines:
+        if r not in todo:
+            print(f"{r.key}: {state}{': ' + detail if detail else ''}", flush=True)
+    if not todo:
+        return 0 if all(s == "done" for _, s, _ in lines) else 1
+    if ns.launcher == "local":
+        return launchers.run_local(suite, todo, opts, ns.parallel)
+    if ns.launcher == "slurm":
+        launchers.run_slurm(suite, todo, opts, slurm, dry_run=False)
+        return 0
+    from lightning_snn_tune.sweep import parse_resources
+
+    try:
+        resources = parse_resources(ns.resources_per_run)
+    except argparse.ArgumentTypeError as e:
+        raise SuiteError(f"--resources-per-run: {e}") from None
+    return launchers.run_ray(suite, todo, opts, resources, ns.address, ns.num_cpus, ns.max_failures)
+
+
+def _slurm_options(ns: argparse.Namespace) -> "launchers.SlurmOptions":  # noqa: F821
+    from lightning_snn.slurm import validate
+    from lightning_snn.suite.launchers import SlurmOptions
+
+    if not ns.partition or not ns.time:
+        raise SuiteError("--launcher slurm needs --partition and --time (e.g. --partition gpu --time 1-00:00:00)")
+    limit = validate.time_limit_seconds(ns.time)
+    validate.positive_int("--gpus-per-run", ns.gpus_per_run)
+    validate.positive_int("--cpus-per-task", ns.cpus_per_task)
+    if ns.max_concurrent is not None:
+        validate.positive_int("--max-concurrent", ns.max_concurrent)
+    return SlurmOptions(ns.partition, ns.time, ns.gpus_per_run, ns.cpus_per_task, ns.accelerator,
+                        ns.max_concurrent, validate.signal_lead(ns.signal_lead, limit), list(ns.sbatch))
+
+
+def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: bool, launcher: str) -> None:
+    """Runs, their state, resources and the estimated device-hours of what is left to train."""
+    import pandas as pd
+
+    from lightning_snn.suite import plan
+
+    est: dict[str, tuple[float | None, str]] = {}
+    for r, state, _ in lines:
+        name = r.row.name
+        if name in est:
+            continue
+        c = checks[name]
+        steps = plan.steps_per_run(c.config, c.train_size)
+        if c.missing_data or steps is None:
+            est[name] = (None, "no data here to time a step" if c.missing_data else "unknown length")
+        elif measure:
+            sec, device = plan.measure_step_seconds(r.row, opts, r.seed)
+            est[name] = (steps * sec / 3600.0, f"{steps} steps x {sec:.3f} s on {device}")
+        else:
+            est[name] = (None, "not measured (--no-measure)")
+    table = pd.DataFrame([{
+        "run": r.key, "state": state, "detail": detail[:60],
+        "devices": f"{checks[r.row.name].config.trainer.accelerator}:{checks[r.row.name].config.trainer.devices}",
+        "est. device-hours": f"{est[r.row.name][0]:.3g}" if est[r.row.name][0] is not None else "?",
+    } for r, state, detail in lines])
+    todo = [r for r, s, _ in lines if s in ("pending", "interrupted")]
+    left = sum(est[r.row.name][0] or 0.0 for r in todo)
+    print(f"suite {suite.name} ({suite.path}): {len(lines)} runs, {len(todo)} to train with the {launcher} "
+          f"launcher, runs in {Path(opts.root).resolve() / suite.name}")
+    print(table.to_markdown(index=False))
+    print("\nestimates per run: " + "; ".join(f"{k}: {v[1]}" for k, v in est.items()))
+    print(f"estimated device-hours left (runs with an estimate): {left:.3g}")
+
+
+def cmd_status(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
+    import pandas as pd
+
+    from lightning_snn.suite import plan
+
+    lines = [{"run": r.key, **dict(zip(("state", "detail"), plan.run_state(r, opts)))} for r in _runs(suite, ns)]
+    table = pd.DataFrame(lines)
+    counts = table.assign(row=[x.split("/")[0] for x in table["run"]]).pivot_table(
+        index="row", columns="state", values="run", aggfunc="count", fill_value=0)
+    print(table.to_markdown(index=False))
+    print()
+    print(counts.reset_index().to_markdown(index=False))
+    return 0
+
+
+def cmd_report(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
+    from lightning_snn.suite.report import write_report
+
+    if ns.rows:
+        suite = Suite(suite.name, suite.path, suite.description, suite.seeds,
+                      tuple(suite.row(n) for n in ns.rows))
+    rows, runs = write_report(suite, opts, Path(ns.out) if ns.out else None)
+    out = Path(ns.out or Path(opts.root) / suite.name)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.csv'} ({len(runs)} runs), {out / 'results.md'}, {out / 'results.png'}")
+    return 0
+
+
+def cmd_execute(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
+    from lightning_snn.checkpoints import TrainingInterrupted
+    from lightning_snn.suite.execute import execute
+
+    try:
+        state = execute(suite.select([ns.row], [ns.seed])[0], opts)
+    except TrainingInterrupted as stop:  # checkpoint saved (SIGTERM / SIGUSR1): resumable, not failed
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    return BUSY_EXIT if state == "busy" else (1 if state == "failed" else 0)
+
+
+def suite_main(argv: list[str]) -> int:
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ns = build_parser().parse_args(argv)
+    suite = load_suite(ns.suite)
+    opts = Options(root=Path(ns.root), extra=extra, retry_failed=getattr(ns, "retry_failed", False),
+                   wandb_project=getattr(ns, "wandb_project", None))
+    return {"run": cmd_run, "status": cmd_status, "report": cmd_report, "execute": cmd_execute}[ns.command](
+        suite, ns, opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input is one line on stderr and exit status 2, before anything starts."""
+    return run_main(suite_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""One run of a suite: the ordinary ``fit`` (+ test of the final weights) of its config, in its own
+directory, resumable and never trained twice.
+
+Layout of ``<root>/<suite>/<row>/seed<k>/``:
+``result.json`` (written atomically at the end: the run is done), ``failed.json`` (the error's last
+line), ``run.lock`` (held while training), ``checkpoints/`` (``last.ckpt`` to resume from),
+``logs/attempt<n>/`` (each start's ``metrics.csv``, ``config.yaml`` and spike report) and
+``attempts.jsonl`` (wall time of each start).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_snn.errors import one_line
+from lightning_snn.report import SpikeEnergyReport
+from lightning_snn.suite.spec import Options, RunSpec
+
+RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"
+SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "limit_val_batches",
+                   "limit_test_batches")
+
+
+class RunStats(pl.Callback):
+    """Training throughput of this start: samples per second over the training batches only
+    (``steady_seconds``: the same without the first batch, which includes warm-up and compilation)."""
+
+    def __init__(self) -> None:
+        self.samples, self.seconds, self.steps, self.steady_seconds, self._t0 = 0, 0.0, 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        dt = time.perf_counter() - self._t0
+        self.seconds += dt
+        self.steady_seconds += dt if self.steps else 0.0
+        self.steps += 1
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self.samples += int(x.shape[0]) * trainer.world_size
+
+
+class SuiteEnergyReport(SpikeEnergyReport):
+    """The spike / SOP / energy report of the final test, without failing a finished training run
+    when a network's layers cannot be counted (the run's result then has no energy columns)."""
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        try:
+            super()._attach(pl_module)
+        except Exception as e:  # noqa: BLE001 - the accuracy is the result; energy is extra
+            self._detach()
+            print(f"warning: no spike/energy report for this network: {one_line(e)}", file=sys.stderr)
+
+
+def global_rank() -> int:
+    """This process's rank before Lightning sets up (SLURM task, torchrun or Lightning's children)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def run_lock(directory: Path) -> Iterator[bool]:
+    """Hold ``run.lock`` (an OS lock, released when the process dies); yields whether it was free."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        f.seek(0), f.truncate(), f.write(f"{platform.node()} {os.getpid()}\n"), f.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_locked(directory: Path) -> bool:
+    """Whether another process is training this run now."""
+    path = directory / LOCK
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def resume_checkpoint(directory: Path) -> Path | None:
+    """The newest of the requeue checkpoint (``hpc_ckpt_*.ckpt``) and ``checkpoints/last.ckpt``."""
+    found = [*directory.glob("hpc_ckpt_*.ckpt"), *(directory / "checkpoints").glob("last.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def fit_args(run: RunSpec, opts: Options, attempt: int, ckpt: Path | None = None) -> list[str]:
+    """The ``fit`` command line of ``run`` (its config, overrides, seed, directory, then ``opts.extra``)."""
+    d = run.directory(opts.root).resolve()
+    loggers: list[dict[str, Any]] = [{"class_path": "pytorch_lightning.loggers.CSVLogger",
+                                      "init_args": {"save_dir": str(d), "name": "logs", "version": f"attempt{attempt}"}}]
+    if opts.wandb_project:
+        loggers.append({"class_path": "pytorch_lightning.loggers.WandbLogger", "init_args": {
+            "project": opts.wandb_project, "group": f"{run.suite}/{run.row.name}", "job_type": "suite-run",
+            "name": f"{run.suite}/{run.key}", "tags": [run.suite, run.row.name], "save_dir": str(d)}})
+    args = ["fit", "--config", str(run.row.config), *run.row.overrides, f"--seed_everything={run.seed}",
+            f"--trainer.default_root_dir={d}", f"--checkpoint.dirpath={d / 'checkpoints'}",
+            f"--trainer.logger={json.dumps(loggers)}", "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks+=lightning_snn.suite.execute.RunStats",
+            "--trainer.callbacks+=lightning_snn.suite.execute.SuiteEnergyReport",
+            *opts.extra, "--test_after_fit=last"]
+    return args + ([f"--ckpt_path={ckpt}"] if ckpt else [])
+
+
+def read_metrics(directory: Path) -> "Any":
+    """Every start's ``metrics.csv`` of a run, in order, as one pandas frame (empty if none)."""
+    import pandas as pd
+
+    files = sorted((directory / "logs").glob("attempt*/metrics.csv"), key=lambda p: int(p.parent.name[7:]))
+    frames = [pd.read_csv(f).assign(attempt=int(f.parent.name[7:])) for f in files if f.stat().st_size]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def curve(metrics: Any, key: str) -> dict[int, float]:
+    """``key`` per epoch (the latest value logged for each epoch, over every start)."""
+    if metrics.empty or key not in metrics:
+        return {}
+    rows = metrics.dropna(subset=[key])
+    return {int(e): float(v) for e, v in zip(rows["epoch"], rows[key])}
+
+
+def _device(trainer: pl.Trainer) -> tuple[str, int, float, str]:
+    """Device kind, count, peak memory (GB) and what that peak measures."""
+    count = trainer.num_devices * trainer.num_nodes
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return torch.cuda.get_device_name(root), count, torch.cuda.max_memory_allocated(root) / 2**30, "device"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return f"cpu ({platform.machine()})", count, rss_kb / 2**20, "host RSS"
+
+
+def _attempts(directory: Path) -> list[dict[str, Any]]:
+    path = directory / ATTEMPTS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def next_attempt(directory: Path) -> int:
+    """The number of this start: one more than any earlier start's (logged or with a log folder)."""
+    seen = [a["attempt"] for a in _attempts(directory)]
+    seen += [int(p.name[7:]) for p in (directory / "logs").glob("attempt*") if p.name[7:].isdigit()]
+    return max(seen, default=-1) + 1
+
+
+def wall_seconds(directory: Path) -> float:
+    """Wall time of every start: its logged duration, or for a start that was killed, the time
+    from its start to the last file it wrote."""
+    starts, ends = {}, {}
+    for a in _attempts(directory):
+        (ends if "wall_s" in a else starts)[a["attempt"]] = a
+    total = 0.0
+    for n, a in starts.items():
+        if n in ends:
+            total += ends[n]["wall_s"]
+            continue
+        written = [p.stat().st_mtime for p in (directory / "logs" / f"attempt{n}").rglob("*") if p.is_file()]
+        total += max(0.0, max(written, default=a["start"]) - a["start"])
+    return total
+
+
+def row_trainer_limits(run: RunSpec, directory: Path) -> dict[str, Any]:
+    """The trainer limits the row itself asks for (its config and overrides, no launch options)."""
+    from lightning_snn.cli_check import check_args
+
+    cfg = check_args(fit_args(run, Options(root=directory.parents[2]), 0))["fit"]
+    return {k: cfg.trainer.get(k) for k in SHORTENING_KEYS}
+
+
+def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> dict[str, Any]:
+    """The run's result: the row's metric under its protocol, both protocols' values, cost, energy."""
+    trainer: pl.Trainer = cli.trainer
+    cfg = cli.config["fit"]
+    metrics = read_metrics(directory)
+    ref = run.row.reference
+    acc = ref.metric.endswith("acc")
+    scale = 100.0 if acc else 1.0  # suite files give accuracies in percent
+    test = curve(metrics, ref.metric)
+    val = curve(metrics, ref.metric.replace("test/", "val/", 1))
+    final = test[max(test)] * scale if test else None
+    best_epoch = (max(val, key=val.get) if acc else min(val, key=val.get)) if val else None
+    best = val[best_epoch] * scale if best_epoch is not None else None
+    val_is_test = int(cfg.data.val_size) == 0
+    value = final if ref.protocol == "final" else (best if val_is_test else None)
+    stats = next((c for c in trainer.callbacks if isinstance(c, RunStats)), None)
+    energy = next((c for c in trainer.callbacks if isinstance(c, SpikeEnergyReport)), None)
+    totals = energy.totals if energy else {}
+    kind, count, peak, peak_kind = _device(trainer)
+    ran = {k: cfg.trainer.get(k) for k in SHORTENING_KEYS}
+    planned = row_trainer_limits(run, directory)
+    epochs = int(trainer.current_epoch)
+    return {
+        "suite": run.suite, "row": run.row.name, "seed": run.seed, "metric": ref.metric,
+        "protocol": ref.protocol, "value": value, "final": final, "best": best,
+        "best_epoch": best_epoch, "best_is_test_split": val_is_test, "epochs": epochs,
+        "trainer": ran, "planned": planned, "shortened": ran != planned, "wall_s": wall_s, "device": kind, "devices": count,
+        "device_hours": wall_s * count / 3600.0, "peak_memory_gb": peak, "peak_memory_kind": peak_kind,
+        "images_per_s": stats.samples / stats.seconds if stats and stats.seconds else None,
+        "sops_per_sample": totals.get("sops"),
+        "energy_uj_per_sample": totals["snn_energy_pj"] * 1e-6 if "snn_energy_pj" in totals else None,
+        "args": sys.argv[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def execute(run: RunSpec, opts: Options) -> str:
+    """Train ``run`` unless it is done, failed (without ``retry_failed``) or running elsewhere.
+
+    Returns ``done`` (already finished), ``finished``, ``failed`` (already failed, not retried) or
+    ``busy`` (another process holds the run's lock); a training error is recorded in
+    ``failed.json`` and raised.
+    """
+    from lightning_snn.cli import _NO_EXIT, main
+
+    d = run.directory(opts.root)
+    if (d / RESULT).is_file():
+        return "done"
+    if (d / FAILED).is_file() and not opts.retry_failed:
+        return "failed"
+    if global_rank() != 0:  # a DDP rank > 0: rank 0 holds the lock and writes the result
+        main(fit_args(run, opts, next_attempt(d), resume_checkpoint(d)), parser_kwargs=_NO_EXIT,
+             save_config_kwargs={"overwrite": True})
+        return "finished"
+    with run_lock(d) as free:
+        if not free:
+            return "busy"
+        if (d / RESULT).is_file():  # finished by another launch while we waited
+            return "done"
+        (d / FAILED).unlink(missing_ok=True)
+        attempt, start, ckpt = next_attempt(d), time.time(), resume_checkpoint(d)
+        _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None})
+        try:
+            cli = main(fit_args(run, opts, attempt, ckpt), parser_kwargs=_NO_EXIT, save_config_kwargs={"overwrite": True})
+        except BaseException as e:
+            _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": type(e).__name__})
+            if isinstance(e, Exception) and not _interrupted(e):
+                write_json_atomic(d / FAILED, {"error": one_line(e), "type": type(e).__name__,
+                                               "attempt": attempt, "traceback": traceback.format_exc()})
+            raise
+        _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": "finished"})
+        write_json_atomic(d / RESULT, collect_result(run, cli, wall_seconds(d), d))
+        return "finished"
+
+
+def _interrupted(e: BaseException) -> bool:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from lightning_snn.checkpoints import TrainingInterrupted
+
+    return isinstance(e, (TrainingInterrupted, SIGTERMException, KeyboardInterrupt))
+
+
+def _log(d: Path, entry: dict[str, Any]) -> None:
+    with open(d / ATTEMPTS, "a") as f:
+        f.write(json.dumps(entry) + "\n")

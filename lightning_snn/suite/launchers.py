@@ -1,0 +1,155 @@
+"""How a suite's runs are started: here (one after another, or N at a time), as one SLURM job array,
+or as tasks on a Ray cluster. Every launcher starts the same thing for a run: ``python -m
+lightning_snn.suite execute`` (:func:`lightning_snn.suite.execute.execute`), which trains it
+unless it is done, failed or running elsewhere."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_snn.suite.execute import FAILED, RESULT, execute
+from lightning_snn.suite.spec import Options, RunSpec, Suite
+
+
+def execute_command(suite: Suite, run: RunSpec, opts: Options, python: str = sys.executable) -> list[str]:
+    """The command that trains one run (what a local child, a SLURM task or a Ray task runs)."""
+    cmd = [python, "-m", "lightning_snn.suite", "execute", str(suite.path), "--row", run.row.name,
+           "--seed", str(run.seed), "--root", str(Path(opts.root).resolve())]
+    cmd += ["--retry-failed"] if opts.retry_failed else []
+    cmd += ["--wandb-project", opts.wandb_project] if opts.wandb_project else []
+    return cmd + (["--", *opts.extra] if opts.extra else [])
+
+
+def outcome(run: RunSpec, opts: Options, code: int | None = None) -> str:
+    """One line on a run after its launch: its value, its error, or why it did not train."""
+    d = run.directory(opts.root)
+    if (d / RESULT).is_file():
+        res = json.loads((d / RESULT).read_text())
+        v = res.get("value")
+        shown = f"{v:.2f}" if isinstance(v, (int, float)) else "none"
+        return f"{run.key}: done ({res['metric']} {res['protocol']} {shown}, {res['epochs']} epochs)"
+    if (d / FAILED).is_file():
+        return f"{run.key}: failed: {json.loads((d / FAILED).read_text())['error']}"
+    if code == 3:
+        return f"{run.key}: running in another launch (its lock is held); not started here"
+    return f"{run.key}: stopped (exit {code}); `suite run` again resumes it from its checkpoint"
+
+
+def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 1) -> int:
+    """Each run in a child process, ``parallel`` at a time; its output goes to ``<run dir>/run.log``.
+    Returns 0 when every run is done, else 1."""
+    pending = list(runs)
+    active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
+    ok = True
+    while pending or active:
+        while pending and len(active) < parallel:
+            run = pending.pop(0)
+            d = run.directory(opts.root)
+            d.mkdir(parents=True, exist_ok=True)
+            log = open(d / "run.log", "a")
+            print(f"{run.key}: started (log {d / 'run.log'})", flush=True)
+            active.append((run, subprocess.Popen(execute_command(suite, run, opts), stdout=log,
+                                                  stderr=subprocess.STDOUT), log))
+        time.sleep(0.2)
+        for item in [a for a in active if a[1].poll() is not None]:
+            run, proc, log = item
+            log.close()
+            active.remove(item)
+            line = outcome(run, opts, proc.returncode)
+            ok &= line.split(": ", 1)[1].startswith("done")
+            print(line, flush=True)
+    return 0 if ok else 1
+
+
+@dataclass
+class SlurmOptions:
+    """Resources of every array task (one run per task)."""
+
+    partition: str
+    time: str
+    gpus_per_run: int = 1
+    cpus_per_task: int = 1
+    accelerator: str = "gpu"
+    max_concurrent: int | None = None
+    signal_lead: int = 90
+    extra_sbatch: list[str] = field(default_factory=list)
+
+
+def slurm_script(suite: Suite, runs: list[RunSpec], opts: Options, slurm: SlurmOptions) -> str:
+    """The job-array script: task ``i`` runs ``runs[i]``; requeued on preemption (USR1 -> checkpoint
+    -> ``scontrol requeue``), after which the task resumes from the run's checkpoint."""
+    from lightning_snn.slurm.submit import TEMPLATE_DIR, render_template
+
+    root = Path(opts.root).resolve()
+    array = f"0-{len(runs) - 1}" + (f"%{slurm.max_concurrent}" if slurm.max_concurrent else "")
+    commands = [shlex.join(execute_command(suite, r, opts)) for r in runs]
+    return render_template(TEMPLATE_DIR, "suite_array.sbatch", {
+        "job_name": f"suite-{suite.name}", "partition": slurm.partition, "time": slurm.time,
+        "array": array, "tasks": slurm.gpus_per_run, "cpus_per_task": slurm.cpus_per_task,
+        "accelerator": slurm.accelerator, "signal_lead": slurm.signal_lead, "extra_sbatch": slurm.extra_sbatch,
+        "log_dir": str(root / suite.name / "slurm"), "workdir": str(Path.cwd()), "commands": commands,
+        "keys": [r.key for r in runs],
+    })
+
+
+def run_slurm(suite: Suite, runs: list[RunSpec], opts: Options, slurm: SlurmOptions, dry_run: bool) -> str:
+    """Print (``dry_run``) or submit the array; returns the job id ('' for a dry run)."""
+    from lightning_snn.slurm.submit import checked_partition, sbatch
+
+    slurm.partition = checked_partition(slurm.partition, dry_run=dry_run)
+    script = slurm_script(suite, runs, opts, slurm)
+    if dry_run:
+        sys.stdout.write(script)
+        return ""
+    dest = Path(opts.root) / suite.name / "slurm"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    path.write_text(script)
+    job = sbatch(path)
+    print(f"submitted job array {job}: {len(runs)} runs of suite {suite.name}, script {path}", flush=True)
+    return job
+
+
+def run_ray(suite: Suite, runs: list[RunSpec], opts: Options, resources: dict[str, float],
+            address: str | None, num_cpus: int | None, max_failures: int = 0) -> int:
+    """One Tune trial per run (a grid over the runs), on a local Ray or the cluster at ``address``.
+    Tune retries a failing run ``max_failures`` times and reports it failed without stopping the
+    others. Returns 0 when every run is done, else 1."""
+    import ray
+    from ray import tune
+
+    from lightning_snn_tune.sweep import start_ray
+
+    def trainable(config: dict[str, Any]) -> None:
+        import os
+
+        os.chdir(config["cwd"])  # relative paths in configs mean what they mean to the launcher
+        run = next(r for r in runs if r.key == config["run"])
+        state = execute(run, opts)
+        if state == "failed":
+            raise RuntimeError(f"{run.key} failed earlier (use --retry-failed)")
+        tune.report({"state": state})
+
+    start_ray(address, num_cpus)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={"run": tune.grid_search([r.key for r in runs]), "cwd": str(Path.cwd())},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(name=f"suite-{suite.name}", storage_path=str(Path(opts.root).resolve() / "_ray"),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
+    )
+    tuner.fit()
+    ray.shutdown()
+    ok = True
+    for run in runs:
+        line = outcome(run, opts)
+        ok &= line.split(": ", 1)[1].startswith("done")
+        print(line, flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,149 @@
+"""What a suite launch will do: every run's command line checked, its data present, its state, and
+an estimate of its cost from a measured step time."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import tempfile
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from lightning_snn.errors import UsageError, one_line
+from lightning_snn.suite.execute import FAILED, RESULT, fit_args, is_locked, read_metrics, resume_checkpoint
+from lightning_snn.suite.spec import Options, Row, RunSpec, SuiteError
+
+# canonical training-split sizes: a smaller copy on disk (e.g. CIFAR-10's 20 test images) is not the data set
+FULL_TRAIN_SIZE = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+                   "imagenet": 1_281_167, "nmnist": 60_000, "nmnist_spikes": 60_000}
+
+
+@dataclass
+class RowCheck:
+    """A row's parsed command line and whether its data are here."""
+
+    config: Any  # the parsed ``fit`` namespace
+    missing_data: str | None  # why the row cannot run here, or None
+    train_size: int | None
+
+
+def check_row(row: Row, opts: Options, seed: int) -> RowCheck:
+    """Parse the row's full command line (config, overrides, options after ``--``) with the training
+    command line's own parser, check the protocol can be followed, and look for its data."""
+    from lightning_snn.cli_check import check_args
+
+    run = RunSpec("check", row, seed)
+    try:
+        cfg = check_args(fit_args(run, Options(root=Path(tempfile.gettempdir()), extra=opts.extra), 0))["fit"]
+    except UsageError as e:
+        raise SuiteError(f"row {row.name!r} ({row.config.name}): {e}") from None
+    if row.reference.protocol == "best_epoch" and int(cfg.data.val_size) != 0:
+        raise SuiteError(f"row {row.name!r}: protocol best_epoch reads the test curve, but data.val_size is "
+                         f"{cfg.data.val_size} (valid: data.val_size 0, which validates on the test split, "
+                         "or protocol final)")
+    missing, size = data_status(cfg.data)
+    return RowCheck(cfg, missing, size)
+
+
+def data_status(data: Any) -> tuple[str | None, int | None]:
+    """``(reason it is missing or incomplete, training-split size)`` of a parsed ``data`` section."""
+    from lightning_snn.data import VisionDataModule
+
+    try:
+        dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
+        n = len(dm._open(train=True, augment=False, transform=False))
+    except Exception as e:  # noqa: BLE001 - any reason the data cannot be read is "not here"
+        return f"no data: {one_line(e)}", None
+    full = FULL_TRAIN_SIZE.get(data.dataset)
+    if full and n < full:
+        return f"no data: only {n} of the {full} training images of {data.dataset} under {data.root}", n
+    return None, n
+
+
+def run_state(run: RunSpec, opts: Options) -> tuple[str, str]:
+    """``(state, detail)``: done, failed, running, interrupted (resumes from its checkpoint) or pending."""
+    d = run.directory(opts.root)
+    if (d / RESULT).is_file():
+        res = json.loads((d / RESULT).read_text())
+        v = res.get("value")
+        return "done", f"{res['metric']} {v:.2f}" if isinstance(v, (int, float)) else "no value"
+    if is_locked(d):
+        return "running", progress(d)
+    if (d / FAILED).is_file():
+        return "failed", json.loads((d / FAILED).read_text())["error"]
+    if resume_checkpoint(d):
+        return "interrupted", progress(d)
+    return "pending", ""
+
+
+def progress(d: Path) -> str:
+    """Epochs logged so far out of the planned ones (from the run's own log files)."""
+    m = read_metrics(d)
+    done = int(m["epoch"].max()) + 1 if not m.empty and "epoch" in m else 0
+    cfgs = sorted((d / "logs").glob("attempt*/config.yaml"))
+    total = None
+    if cfgs:
+        import yaml
+
+        total = (yaml.safe_load(cfgs[-1].read_text()) or {}).get("trainer", {}).get("max_epochs")
+    return f"epoch {done}/{total if total is not None else '?'}"
+
+
+def steps_per_run(cfg: Any, train_size: int | None) -> int | None:
+    """Optimiser steps of a whole run: epochs x batches per epoch (``limit_train_batches`` applied)."""
+    t = cfg.trainer
+    if train_size is None or t.max_epochs is None:
+        return None
+    n = train_size - int(cfg.data.val_size)
+    devices = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
+    batches = n // (int(cfg.data.batch_size) * devices * int(t.num_nodes or 1))
+    limit = t.limit_train_batches
+    if limit is not None:
+        batches = min(batches, int(limit)) if isinstance(limit, int) or limit > 1 else math.floor(batches * limit)
+    steps = int(t.max_epochs) * batches
+    return min(steps, int(t.max_steps)) if t.max_steps not in (None, -1) else steps
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Lightning's start-up messages and warnings off (a dry run prints only its plan)."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 4) -> tuple[float, str]:
+    """Seconds per training step of ``row`` on this machine: ``steps`` real steps of its own ``fit``
+    (the first one, warm-up and compilation, not counted) in a scratch directory."""
+    import pytorch_lightning as pl
+
+    from lightning_snn.cli import main
+    from lightning_snn.suite.execute import RunStats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunSpec("measure", row, seed)
+        args = fit_args(run, Options(root=Path(tmp), extra=opts.extra), 0)
+        args += [f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--test_after_fit=null",
+                 "--trainer.enable_model_summary=false"]
+        pl.seed_everything(seed, verbose=False)
+        with quiet():
+            cli = main(args, save_config_kwargs={"overwrite": True})
+        stats = next(c for c in cli.trainer.callbacks if isinstance(c, RunStats))
+        if stats.steps <= 1:
+            raise SuiteError(f"row {row.name!r}: could not time a step (no training batches)")
+        from lightning_snn.suite.execute import _device
+
+        return stats.steady_seconds / (stats.steps - 1), _device(cli.trainer)[0]
