@@ -1,5 +1,7 @@
 import os
 import pickle
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,38 @@ def all_data_root(data_root: Path, event_data_root: Path, tmp_path_factory) -> P
 def _plain_argv(monkeypatch):
     """The CLI is called with explicit args in tests; keep pytest's own argv out of its view."""
     monkeypatch.setattr("sys.argv", ["lightning-snn"])
+
+
+# ------------------------------------------------------------------ the local SLURM cluster
+from procs import DIST_VARS  # noqa: E402
+
+SLURM_CLUSTER = ROOT / "slurm" / "local_cluster"
+SLURM_PARTITION = "debug"
+
+
+def _controller_up() -> bool:
+    if shutil.which("scontrol") is None:
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running local cluster with partition ``debug``; stopped after the test run if started here."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("the local SLURM cluster needs root and apt-get (Debian): slurm/local_cluster/start.sh")
+    was_up = _controller_up()
+    subprocess.run(["bash", str(SLURM_CLUSTER / "start.sh")], check=True, timeout=900)
+    yield SLURM_PARTITION
+    if not was_up:
+        subprocess.run(["bash", str(SLURM_CLUSTER / "stop.sh")], timeout=300)
+
+
+@pytest.fixture
+def submit_env(monkeypatch):
+    """sbatch exports the submitting environment: keep distributed variables of this process out of it."""
+    for var in DIST_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+

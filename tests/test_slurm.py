@@ -22,37 +22,9 @@ import torch
 
 from lightning_snn.slurm.submit import main as submit_main
 from lightning_snn.slurm.validate import time_limit_seconds
-from procs import CONFIGS, DIST_VARS, ROOT, load_ckpt, max_weight_diff, tiny_fit_args
+from procs import CONFIGS, ROOT, load_ckpt, max_weight_diff, tiny_fit_args
 
-CLUSTER = ROOT / "slurm" / "local_cluster"
-PARTITION = "debug"
 CONFIG = CONFIGS / "fmnist_mlp_bptt.yaml"
-
-
-def _controller_up() -> bool:
-    if shutil.which("scontrol") is None:
-        return False
-    return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running local cluster with partition ``debug``; stopped after the test run if started here."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("the local SLURM cluster needs root and apt-get (Debian): slurm/local_cluster/start.sh")
-    was_up = _controller_up()
-    subprocess.run(["bash", str(CLUSTER / "start.sh")], check=True, timeout=900)
-    yield PARTITION
-    if not was_up:
-        subprocess.run(["bash", str(CLUSTER / "stop.sh")], timeout=300)
-
-
-@pytest.fixture
-def submit_env(monkeypatch):
-    """sbatch exports the submitting environment: keep distributed variables of this process out of it."""
-    for var in DIST_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 def submit(capsys, *args: str) -> tuple[int, str, str]:

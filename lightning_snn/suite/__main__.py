@@ -21,9 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightning_snn.errors import OneLineArgumentParser, run_main
 from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_suite
+
+if TYPE_CHECKING:
+    from lightning_snn.suite.launchers import SlurmOptions
 
 BUSY_EXIT = 3
 
@@ -139,7 +143,7 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     return launchers.run_ray(suite, todo, opts, resources, ns.address, ns.num_cpus, ns.max_failures)
 
 
-def _slurm_options(ns: argparse.Namespace) -> "launchers.SlurmOptions":  # noqa: F821
+def _slurm_options(ns: argparse.Namespace) -> "SlurmOptions":
     from lightning_snn.slurm import validate
     from lightning_snn.suite.launchers import SlurmOptions
 

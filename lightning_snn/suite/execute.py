@@ -267,7 +267,7 @@ def execute(run: RunSpec, opts: Options) -> str:
         except BaseException as e:
             _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": type(e).__name__})
             if isinstance(e, Exception) and not _interrupted(e):
-                write_json_atomic(d / FAILED, {"error": one_line(e), "type": type(e).__name__,
+                write_json_atomic(d / FAILED, {"error": f"{type(e).__name__}: {one_line(e)}", "type": type(e).__name__,
                                                "attempt": attempt, "traceback": traceback.format_exc()})
             raise
         _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": "finished"})

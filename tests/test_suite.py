@@ -1,0 +1,331 @@
+"""Benchmark suites: suite files, the local / SLURM / Ray launchers, resume, locks, the report.
+
+Runs are real ``fit`` runs (tiny MLPs, a few batches of the offline Fashion-MNIST / MNIST) in child
+processes, as a user starts them; results are recomputed from each run's own ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lightning_snn.suite.__main__ import main as suite_main
+from lightning_snn.suite.execute import read_metrics
+from lightning_snn.suite.report import verdict, write_report
+from lightning_snn.suite.spec import Options, Reference, load_suite
+from procs import ROOT, child_env
+
+SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
+TWO_ROWS = "fmnist_mlp_bptt,mnist_mlp_ottt"
+
+
+def tiny(data_root: Path, *more: str) -> list[str]:
+    """Options after ``--``: a 32-unit MLP, 4 training batches, one evaluation batch of 250 images."""
+    return [f"--data.root={data_root}", "--data.num_workers=0", "--data.eval_batch_size=250",
+            "--model.network_args={'hidden': [32]}", "--trainer.limit_train_batches=4",
+            "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.accelerator=cpu",
+            "--trainer.enable_model_summary=false", *more]
+
+
+def env() -> dict[str, str]:
+    e = child_env()
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), e["PYTHONPATH"]])  # failing_callback
+    return e
+
+
+def suite_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lightning_snn.suite", *args]
+
+
+def run_suite(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(suite_cmd(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def expected_value(run_dir: Path) -> float:
+    """The final test accuracy (percent) as the run's own CSV logger wrote it."""
+    m = read_metrics(run_dir)
+    return float(m["test/acc"].dropna().iloc[-1]) * 100
+
+
+def write_suite(path: Path, rows: list[dict], seeds: list[int] | None = (0, 1)) -> Path:
+    import yaml
+
+    data = {"description": "test suite", "rows": rows}
+    if seeds is not None:
+        data["seeds"] = list(seeds)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def row(name: str, config: str = "fmnist_mlp_bptt.yaml", overrides: list[str] = (), value: float | None = 80.0,
+        **ref: object) -> dict:
+    return {"name": name, "config": str(ROOT / "configs" / config), "overrides": list(overrides),
+            "reference": {"metric": "test/acc", "value": value, "protocol": "final", "source": "test", **ref}}
+
+
+# ------------------------------------------------------------------ suite files
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r[0].update(config="nope.yaml"), "config 'nope.yaml' does not exist"),
+    (lambda r: r[0].update(colour="red"), "unknown key 'colour'"),
+    (lambda r: r.append(dict(r[0])), "duplicate row 'a'"),
+    (lambda r: r[0]["reference"].update(protocol="best"), "protocol 'best' (valid: final, best_epoch)"),
+])
+def test_bad_suite_files_are_one_line_errors_before_anything_starts(tmp_path, capsys, mutate, message):
+    rows = [row("a")]
+    mutate(rows)
+    path = write_suite(tmp_path / "bad.yaml", rows)
+    code = suite_main(["run", str(path), "--root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_suite_without_seeds_and_an_unknown_suite_name_are_errors(tmp_path, capsys):
+    path = write_suite(tmp_path / "noseeds.yaml", [row("a")], seeds=None)
+    assert suite_main(["status", str(path)]) == 2
+    assert "no seeds" in capsys.readouterr().err
+    assert suite_main(["status", "no_such_suite"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite 'no_such_suite'" in err and "smoke" in err
+
+
+def test_a_row_whose_command_line_is_rejected_names_the_row(tmp_path, capsys):
+    path = write_suite(tmp_path / "s.yaml", [row("a", overrides=["--model.T=abc"])])
+    assert suite_main(["run", str(path), "--root", str(tmp_path / "runs"), "--dry-run", "--no-measure"]) == 2
+    err = capsys.readouterr().err
+    assert "row 'a'" in err and "model.T" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shipped_suites_load_and_every_row_has_a_reference():
+    for path in sorted((ROOT / "configs" / "suites").glob("*.yaml")):
+        suite = load_suite(path)
+        assert suite.rows, path
+        for r in suite.rows:
+            assert r.config.is_file() and r.seeds and r.reference.source, (path, r.name)
+
+
+# ------------------------------------------------------------------ verdicts and the report
+@pytest.mark.parametrize("mean, std, n, ref, shortened, expected", [
+    (90.0, 0.5, 3, Reference(value=90.8), False, "reproduced"),  # paper within mean ± 2 std
+    (90.0, 0.1, 3, Reference(value=90.8), False, "below"),
+    (91.0, 0.1, 3, Reference(value=90.8), False, "above"),
+    (90.0, 0.0, 1, Reference(value=90.2, std=0.3), False, "reproduced"),  # ours within the paper's ±
+    (90.0, 0.0, 1, Reference(value=90.4, std=0.3), False, "below"),
+    (None, None, 0, Reference(value=90.0), False, "not run"),
+    (90.0, 0.1, 2, Reference(value=90.0), True, "shortened"),
+    (90.0, 0.1, 2, Reference(value=None), False, "unknown"),
+    (0.5, 0.01, 3, Reference(metric="test/loss", value=0.6), False, "above"),  # lower loss is better
+])
+def test_verdicts(mean, std, n, ref, shortened, expected):
+    assert verdict(mean, std, n, ref, shortened) == expected
+
+
+def test_report_on_hand_made_result_files(tmp_path):
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0, std=0.2), row("low", value=95.0),
+                                                row("short", value=80.0), row("absent", value=70.0)])
+    suite = load_suite(path)
+    root = tmp_path / "runs"
+    made = {("good", 0): 89.9, ("good", 1): 90.3, ("low", 0): 91.0, ("low", 1): 91.2, ("short", 0): 80.0}
+    for (name, seed), value in made.items():
+        d = root / "hand" / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "suite": "hand", "row": name, "seed": seed, "metric": "test/acc", "protocol": "final",
+            "value": value, "final": value, "best": value, "epochs": 3, "shortened": name == "short",
+            "wall_s": 3600.0, "device": "cpu", "devices": 2, "device_hours": 2.0}))
+    rows, runs = write_report(suite, Options(root=root))
+    got = rows.set_index("row")
+    assert got["verdict"].to_dict() == {"good": "reproduced", "low": "below", "short": "shortened",
+                                        "absent": "not run"}
+    assert got.loc["good", "mean"] == pytest.approx(90.1) and got.loc["good", "std"] == pytest.approx(0.2828427, rel=1e-6)
+    assert got.loc["low", "diff"] == pytest.approx(91.1 - 95.0)
+    assert got.loc["good", "n"] == 2 and got.loc["absent", "n"] == 0 and got.loc["good", "device_hours"] == 4.0
+    csv = pd.read_csv(root / "hand" / "results.csv")
+    assert len(csv) == 5 and sorted(csv["value"]) == sorted(made.values())
+    md = (root / "hand" / "results.md").read_text()
+    assert "| good " in md and "90.10 ± 0.28" in md and "not run" in md and "unknown" not in md
+    assert (root / "hand" / "results.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ the local launcher, end to end
+@pytest.mark.slow
+def test_smoke_suite_end_to_end_with_results_recomputed_from_the_runs(tmp_path, data_root):
+    root = tmp_path / "runs"
+    res = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--parallel", "2", "--",
+                    *tiny(data_root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run_suite("report", "smoke", "--rows", TWO_ROWS, "--root", str(root))
+    assert res.returncode == 0, res.stderr
+    csv = pd.read_csv(root / "smoke" / "results.csv")
+    assert sorted(zip(csv["row"], csv["seed"])) == [("fmnist_mlp_bptt", 0), ("fmnist_mlp_bptt", 1),
+                                                    ("mnist_mlp_ottt", 0), ("mnist_mlp_ottt", 1)]
+    for r in csv.itertuples():
+        d = root / "smoke" / r.row / f"seed{r.seed}"
+        assert r.value == pytest.approx(expected_value(d), abs=1e-9)
+        assert r.shortened and r.epochs == 1 and r.devices == 1 and r.device_hours > 0
+        assert r.images_per_s > 0 and r.sops_per_sample > 0 and r.energy_uj_per_sample > 0
+    # different seeds train different networks
+    per_row = csv.groupby("row")["value"]
+    assert (per_row.nunique() == 2).all() or (per_row.std() >= 0).all()
+    md = (root / "smoke" / "results.md").read_text()
+    mean = csv[csv.row == "fmnist_mlp_bptt"]["value"].mean()
+    assert f"{mean:.2f} ± " in md and "shortened" in md
+    assert "fmnist_mlp_bptt" in res.stdout and "verdict" in res.stdout
+    # a second launch trains nothing: every run is done
+    again = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--", *tiny(data_root))
+    assert again.returncode == 0 and "started" not in again.stdout
+    assert again.stdout.count(": done") == 4
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, data_root):
+    extra = tiny(data_root, "--trainer.max_epochs=2", "--trainer.limit_train_batches=10",
+                 "--checkpoint.every_n_train_steps=2")
+    done_root, killed_root = tmp_path / "straight", tmp_path / "killed"
+    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", str(done_root),
+                    "--", *extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # seed 1 finishes first; seed 0 is killed mid-training (kill -9: no handler runs)
+    assert run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "1", "--root", str(killed_root),
+                     "--", *extra).returncode == 0
+    other = killed_root / "smoke" / "fmnist_mlp_bptt" / "seed1" / "result.json"
+    other_mtime = other.stat().st_mtime
+    d = killed_root / "smoke" / "fmnist_mlp_bptt" / "seed0"
+    proc = subprocess.Popen(suite_cmd("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root",
+                                      str(killed_root), "--", *extra), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (d / "checkpoints" / "last.ckpt").is_file():
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (d / "result.json").exists()
+    status = run_suite("status", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(killed_root))
+    assert "seed0 | interrupted" in status.stdout and "seed1 | done" in status.stdout, status.stdout
+    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(killed_root), "--", *extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fmnist_mlp_bptt/seed0: started" in res.stdout and "seed1: started" not in res.stdout
+    assert other.stat().st_mtime == other_mtime
+    attempts = [json.loads(x) for x in (d / "attempts.jsonl").read_text().splitlines()]
+    assert attempts[-2]["resumed_from"].endswith("last.ckpt")
+    straight = json.loads((done_root / "smoke" / "fmnist_mlp_bptt" / "seed0" / "result.json").read_text())
+    resumed = json.loads((d / "result.json").read_text())
+    for key in ("final", "best", "value", "epochs", "sops_per_sample"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_failing_row_is_reported_and_the_others_finish(tmp_path, data_root):
+    root_of = {"ok": data_root, "breaks": data_root, "nodata": tmp_path / "empty"}
+    path = write_suite(tmp_path / "mixed.yaml", [
+        row("ok", overrides=[f"--data.root={data_root}"]),
+        row("breaks", overrides=[f"--data.root={data_root}", "--trainer.callbacks+=failing_callback.FailAtStep"]),
+        row("nodata", overrides=[f"--data.root={root_of['nodata']}"]),
+    ], seeds=[0])
+    (tmp_path / "empty").mkdir()
+    extra = [a for a in tiny(data_root) if not a.startswith("--data.root")]
+    res = run_suite("run", str(path), "--root", str(tmp_path / "runs"), "--", *extra)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "ok/seed0: done" in res.stdout
+    assert "breaks/seed0: failed: RuntimeError: deliberate failure at step 2" in res.stdout, res.stdout
+    assert "nodata/seed0: not run: no data" in res.stdout
+    failed = json.loads((tmp_path / "runs" / "mixed" / "breaks" / "seed0" / "failed.json").read_text())
+    assert failed["error"].endswith("deliberate failure at step 2")
+    # not retried without --retry-failed
+    res = run_suite("run", str(path), "--root", str(tmp_path / "runs"), "--", *extra)
+    assert "breaks/seed0: failed" in res.stdout and "started" not in res.stdout
+    rows, _ = write_report(load_suite(path), Options(root=tmp_path / "runs"))
+    assert rows.set_index("row")["verdict"].to_dict() == {"ok": "shortened", "breaks": "not run", "nodata": "not run"}
+
+
+@pytest.mark.slow
+def test_two_concurrent_launches_never_train_a_run_twice(tmp_path, data_root):
+    root = tmp_path / "runs"
+    args = ("run", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(root), "--", *tiny(data_root))
+    procs = [subprocess.Popen(suite_cmd(*args), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for seed in (0, 1):
+        d = root / "smoke" / "fmnist_mlp_bptt" / f"seed{seed}"
+        starts = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines()) if "start" in a]
+        assert len(starts) == 1, outs
+        assert (d / "result.json").is_file()
+        assert len(list((d / "logs").glob("attempt*"))) == 1
+    assert sum(o.count(": started") for o in outs) >= 2
+
+
+# ------------------------------------------------------------------ SLURM and Ray launchers
+@pytest.mark.slow
+def test_slurm_launcher_runs_one_array_task_per_run(slurm_cluster, submit_env, tmp_path, data_root):
+    from test_slurm import wait_gone
+
+    root = tmp_path / "runs"
+    res = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--launcher", "slurm",
+                    "--partition", slurm_cluster, "--time", "10", "--accelerator", "cpu", "--max-concurrent", "2",
+                    "--", *tiny(data_root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    job = res.stdout.split("submitted job array ")[1].split(":")[0]
+    script = next((root / "smoke" / "slurm").glob("*.sbatch")).read_text()
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --requeue" in script
+    wait_gone(job, 600)
+    res = run_suite("report", "smoke", "--rows", TWO_ROWS, "--root", str(root))
+    csv = pd.read_csv(root / "smoke" / "results.csv")
+    assert len(csv) == 4, res.stdout + "".join(p.read_text() for p in (root / "smoke" / "slurm").glob("*.out"))
+    for r in csv.itertuples():
+        assert r.value == pytest.approx(expected_value(root / "smoke" / r.row / f"seed{r.seed}"), abs=1e-9)
+
+
+def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_root):
+    res = run_suite("run", "smoke", "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "gpu",
+                    "--time", "1-00:00:00", "--gpus-per-run", "2", "--dry-run", "--no-measure", "--",
+                    f"--data.root={data_root}")
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --array=0-5" in res.stdout and "#SBATCH --gpus-per-node=2" in res.stdout
+    assert "--trainer.devices=2" in res.stdout and "--trainer.strategy=ddp" in res.stdout
+    assert "6 runs, 6 to train" in res.stdout and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_each_run_as_a_task_on_a_local_ray(tmp_path, data_root):
+    root = tmp_path / "runs"
+    res = run_suite("run", "smoke", "--rows", "mnist_mlp_ottt", "--root", str(root), "--launcher", "ray",
+                    "--num-cpus", "2", "--", *tiny(data_root))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for seed in (0, 1):
+        d = root / "smoke" / "mnist_mlp_ottt" / f"seed{seed}"
+        result = json.loads((d / "result.json").read_text())
+        assert result["value"] == pytest.approx(expected_value(d), abs=1e-9)
+    assert "mnist_mlp_ottt/seed0: done" in res.stdout and "mnist_mlp_ottt/seed1: done" in res.stdout
+
+
+@pytest.mark.slow
+def test_wandb_runs_are_grouped_by_suite_and_row_and_the_report_is_a_table(tmp_path, data_root):
+    from wandb_offline import history, run_info
+
+    root = tmp_path / "runs"
+    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", str(root),
+                    "--wandb-project", "suites", "--", *tiny(data_root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    files = list((root / "smoke" / "fmnist_mlp_bptt" / "seed0").rglob("run-*.wandb"))
+    assert len(files) == 1
+    info = run_info(files[0])
+    assert info["group"] == "smoke/fmnist_mlp_bptt" and info["project"] == "suites"
+    assert "smoke" in info["tags"] and any("test/acc" in h for h in history(files[0]))
+    res = run_suite("report", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(root), "--wandb-project", "suites")
+    assert res.returncode == 0, res.stderr
+    summary = [f for f in (root / "smoke").glob("wandb/*/run-*.wandb")]
+    assert len(summary) == 1
+    info = run_info(summary[0])
+    assert info["job_type"] == "suite-report" and info["group"] == "smoke"
+    logged = {k for h in history(summary[0]) for k in h}
+    assert {"suite/rows", "suite/runs", "suite/plot"} <= {k.split(".")[0] for k in logged}, logged
