@@ -286,7 +286,7 @@ def test_slurm_launcher_runs_one_array_task_per_run(slurm_cluster, submit_env, t
 
 
 def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_root):
-    res = run_suite("run", "smoke", "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "gpu",
+    res = run_suite("run", "smoke", "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "debug",
                     "--time", "1-00:00:00", "--gpus-per-run", "2", "--dry-run", "--no-measure", "--",
                     f"--data.root={data_root}")
     assert res.returncode == 0, res.stderr
@@ -323,9 +323,11 @@ def test_wandb_runs_are_grouped_by_suite_and_row_and_the_report_is_a_table(tmp_p
     assert "smoke" in info["tags"] and any("test/acc" in h for h in history(files[0]))
     res = run_suite("report", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(root), "--wandb-project", "suites")
     assert res.returncode == 0, res.stderr
-    summary = [f for f in (root / "smoke").glob("wandb/*/run-*.wandb")]
+    summary = list((root / "smoke").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(summary) == 1
     info = run_info(summary[0])
     assert info["job_type"] == "suite-report" and info["group"] == "smoke"
-    logged = {k for h in history(summary[0]) for k in h}
-    assert {"suite/rows", "suite/runs", "suite/plot"} <= {k.split(".")[0] for k in logged}, logged
+    logged = {k: v for h in history(summary[0]) for k, v in h.items()}
+    assert {"suite/rows", "suite/runs", "suite/plot"} <= {"/".join(k.split("/")[:2]) for k in logged}, logged
+    assert logged["suite/rows/_type"] == "table-file" and logged["suite/rows/nrows"] == 1
+    assert logged["suite/runs/nrows"] == 1 and logged["suite/plot/_type"] == "image-file"
