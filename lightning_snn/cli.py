@@ -32,7 +32,7 @@ from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks,
     hparam_mismatch, read_checkpoint, resolve_resume,
 )
-from lightning_snn.commands import SNNTrainer
+from lightning_snn.commands import SNNTrainer, space_separated_list
 from lightning_snn.data import VisionDataModule
 from lightning_snn.errors import run_cli
 from lightning_snn.module import SNNModule
@@ -136,6 +136,10 @@ class SNNCLI(LightningCLI):
 def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
     """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
     ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
+    if args is None:  # export --verify a b c: the parser reads a list as [a,b,c]
+        sys.argv[1:] = space_separated_list(sys.argv[1:])
+    else:
+        args = space_separated_list(args)
     kwargs: dict[str, Any] = {
         "save_config_callback": SaveConfigToLogger,
         "save_config_kwargs": {"overwrite": False},

@@ -34,29 +34,77 @@ def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
             f"unexpected keys {unexpected[:5]} (is --config the one it was trained with?)")
 
 
+def space_separated_list(args: list[str], option: str = "--verify") -> list[str]:
+    """``--verify a b c`` -> ``--verify [a,b,c]`` (the values up to the next option), the form the
+    parser reads; other arguments unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] == option:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("-"):
+                j += 1
+            if j - i > 2 or (j - i == 2 and not args[i + 1].startswith("[")):
+                out.append("[" + ",".join(args[i + 1:j]) + "]")
+                i = j
+                continue
+        i += 1
+    return out
+
+
+def _test_images(datamodule: Optional[pl.LightningDataModule], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images and labels of the data module, as training normalises them."""
+    if datamodule is None:
+        raise ValueError("--verify needs the data (--data.* options) to run test images")
+    datamodule.setup("test")
+    xs, ys, got = [], [], 0
+    for x, y in datamodule.test_dataloader():
+        xs.append(x)
+        ys.append(y)
+        got += len(x)
+        if got >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
 class SNNTrainer(pl.Trainer):
     """``pl.Trainer`` with the ``export`` and ``report`` commands."""
 
     def export(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
-               ckpt_path: Optional[str] = None, out: str = "model.nir", dt: float = 1e-4) -> Path:
-        """Write the network of a checkpoint as a NIR graph.
+               ckpt_path: Optional[str] = None, out: str = "model.nir", dt: float = 1e-4,
+               verify: Optional[list[Literal["snntorch", "norse", "spikingjelly"]]] = None,
+               verify_images: int = 256) -> Path:
+        """Write the network of a checkpoint as a NIR graph, optionally run it in other libraries.
 
         Args:
             model: the configured ``SNNModule``.
-            datamodule: unused (the input shape comes from the model's configuration).
+            datamodule: the data: its normalisation goes into the file's metadata, and ``--verify``
+                runs its test images.
             ckpt_path: Lightning checkpoint with the trained weights.
             out: the ``.nir`` file to write (written atomically).
             dt: time step (s) that maps the leak to NIR's LIF time constant, tau = dt / (1 - leak).
+            verify: libraries that load the written file (``lightning_snn.nir.readers``) and run
+                ``verify_images`` test images next to ours: spikes and predictions equal, accuracy.
+            verify_images: number of test images ``--verify`` runs.
         """
         from lightning_snn.nir_export import check_strategy, to_nir, write_nir
 
         if not ckpt_path:
             raise ValueError("export needs --ckpt_path (the trained checkpoint)")
+        if verify and verify_images < 1:
+            raise ValueError(f"--verify_images {verify_images}: need at least 1 image")
         check_strategy(model.strategy)
         load_weights(model, ckpt_path)
-        graph = to_nir(model.net, tuple(model.hparams.input_shape), dt)
+        spec = getattr(datamodule, "spec", None)
+        norm = (spec.mean, spec.std) if spec is not None and spec.events is None else None
+        graph = to_nir(model.net, tuple(model.hparams.input_shape), dt, normalization=norm)
         path = write_nir(graph, out)
         print(f"wrote {path}: " + ", ".join(f"{k} ({type(v).__name__})" for k, v in graph.nodes.items()))
+        if verify:
+            from lightning_snn.nir.verify import verify as run_verify
+
+            x, y = _test_images(datamodule, verify_images)
+            print(run_verify(graph, x, y, int(model.hparams.T), verify, net=model.net))
         return path
 
     def report(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,

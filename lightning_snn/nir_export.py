@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -352,10 +353,19 @@ def exporter_for(net: nn.Module) -> Exporter:
     )
 
 
-def to_nir(net: SpikingNet, input_shape: Sequence[int], dt: float = DEFAULT_DT) -> nir.NIRGraph:
+def normalization_metadata(mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Metadata stating the input normalisation the network expects (per channel, pixels in [0, 1])."""
+    return {"input_mean": np.asarray(mean, dtype=np.float64), "input_std": np.asarray(std, dtype=np.float64),
+            "input_normalization": "x = (pixel / 255 - input_mean) / input_std per channel"}
+
+
+def to_nir(net: SpikingNet, input_shape: Sequence[int], dt: float = DEFAULT_DT,
+           normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> nir.NIRGraph:
     """The NIR graph of ``net`` (evaluation mode: running BN statistics, no dropout) for unbatched
-    input of ``input_shape`` (e.g. ``(1, 28, 28)``). Raises :class:`NIRExportError` for a layer
-    NIR cannot express."""
+    input of ``input_shape`` (e.g. ``(1, 28, 28)``). ``normalization`` (data set ``mean``, ``std``)
+    is recorded in the graph's metadata: the graph's input is the normalised image. Raises
+    :class:`NIRExportError` for a layer NIR cannot express. A ``dt`` other than snnTorch's fixed
+    1e-4 warns when the graph has LIF nodes (snnTorch's own import misreads their leak)."""
     if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
     exporter = exporter_for(net)
@@ -367,6 +377,13 @@ def to_nir(net: SpikingNet, input_shape: Sequence[int], dt: float = DEFAULT_DT) 
         last = exporter(net, b, src, dt)
         b.add("output", nir.Output(output_type={"output": np.array(b.shapes[last])}), [last], b.shapes[last])
         meta = {**convention(dt), "model": type(net).__name__, "kind": net.kind}
+        if normalization is not None:
+            meta.update(normalization_metadata(*normalization))
+        if dt != DEFAULT_DT and any(isinstance(n, nir.LIF) for n in b.nodes.values()):
+            warnings.warn(
+                f"dt = {dt} s: snnTorch's import_from_nir assumes dt = {DEFAULT_DT} s and will read the "
+                f"LIF leak as 1 - {DEFAULT_DT} / tau instead of 1 - {dt} / tau "
+                f"(lightning_snn.nir.readers.read_snntorch corrects it)", stacklevel=2)
         return b.graph(meta)
     finally:
         net.train(was_training)

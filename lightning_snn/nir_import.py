@@ -3,7 +3,8 @@
 Nodes become this project's layers (``Affine`` -> ``TraceLinear``, ``Conv2d`` -> ``TraceConv2d``,
 ``AvgPool2d``, ``Flatten``, ``Scale``, ``IF`` / ``LIF`` -> :class:`~lightning_snn.neurons.LIF`,
 reset by subtraction) read with the discrete-time convention of :mod:`lightning_snn.nir_export`
-(``lambda = 1 - dt / tau``; ``dt`` from the file's metadata, else ``dt`` given here). A node's
+(``lambda = 1 - dt / tau``; ``dt`` from the file's metadata, else ``dt`` given here; the exact
+leak from a node's ``leak`` metadata when it agrees with ``tau``, as this project writes). A node's
 input is the sum of its incoming edges. An acyclic graph is a ``feedforward`` model run on the
 whole ``[T, B, ...]`` sequence (BPTT, OTTT, DSR); a graph with a cycle (a feedback model) is a
 ``recurrent`` model run step by step, an edge that closes a cycle carrying the previous step's
@@ -67,6 +68,10 @@ def _neuron(name: str, node: nir.NIRNode, dt: float, base: NeuronConfig) -> LIF:
             raise NIRImportError(f"node {name!r}: v_leak must be 0")
         leak = 1.0 - dt / tau
         gain = r * dt / tau  # input gain per step; this project's neuron has gain 1
+        exact = (node.metadata or {}).get("leak")
+        if exact is not None and abs(float(exact) - leak) <= 1e-5 * max(1.0, dt / tau):
+            # our export states the leak itself: tau is float32, 1 - dt / tau is off by ~1e-8
+            leak = float(exact)
         if not 0.0 < leak < 1.0 or abs(gain - 1.0) > 1e-4:
             raise NIRImportError(
                 f"node {name!r}: tau = {tau}, r = {r} with dt = {dt} give leak {leak} and input gain "

@@ -8,6 +8,8 @@ Counting rules (per sample, over the T steps of the strategy's run):
   synapses it drives in the next synaptic layer(s) (exact per position for convolutions, padding
   borders included; through average pools, flatten, scales and residual sums). Each is one
   accumulate (AC): spikes are binary.
+- ``MACs`` of a layer: the (input element, nonzero weight) pairs that meet, the positions the SOPs
+  count: a convolution's zero padding is no input and costs nothing.
 - ``MACs``: a synaptic layer fed with analogue values (the input layer, or a layer after a residual
   sum of analogue currents) does every multiply-accumulate: once per sample for a static image
   (its current is the same at every step, computed once, as this project runs it), at each of the
@@ -57,11 +59,19 @@ class LayerRow:
 _SYNAPTIC = ("Affine", "Linear", "Conv2d")
 
 
-def _dense_macs(node: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one synaptic node for one input: out units x inputs per out unit."""
-    # nonzero weights per output unit (a diagonal 1x1 conv made from a batch norm does C, not C^2)
-    w = node.weight
-    return int(round(math.prod(out_shape) * float((w != 0).sum()) / w.shape[0]))
+def _dense_macs(leaf: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one synaptic layer for one input: the (input element, nonzero
+    weight) pairs that meet, the same positions the SOPs count. A convolution's zero padding is
+    no input (a border output sums fewer products), and a diagonal 1x1 conv made from a batch norm
+    does C, not C^2."""
+    ones = (leaf.weight != 0).float()  # 1 per synapse
+    x = torch.ones(1, *in_shape)
+    with torch.no_grad():
+        if isinstance(leaf, nn.Linear):
+            y = torch.nn.functional.linear(x, ones)
+        else:
+            y = torch.nn.functional.conv2d(x, ones, None, leaf.stride, leaf.padding, leaf.dilation, leaf.groups)
+    return int(round(float(y.sum())))
 
 
 def _fan_out_map(net: Any, start: str) -> Tensor:
@@ -134,25 +144,16 @@ class NetworkCounts:
         self.ann_macs: dict[str, int] = {}
         self.analogue_macs: dict[str, int] = {}
         self.input_fed: set[str] = set()  # analogue layers fed by the network input itself
-        out_shapes = {n: self._out_shape(imported, n) for n in imported.order}
         for n in imported.order:
             node = graph.nodes[n]
             if type(node).__name__ in _SYNAPTIC:
-                macs = _dense_macs(node, imported.node_shapes[n], out_shapes[n])
+                macs = _dense_macs(imported.nodes[n][0], imported.node_shapes[n])
                 self.ann_macs[n] = macs
                 src = self._analogue_source(imported, n)
                 if src:
                     self.analogue_macs[n] = macs
                     if src == "input":
                         self.input_fed.add(n)
-
-    @staticmethod
-    def _out_shape(net: Any, n: str) -> tuple[int, ...]:
-        with torch.no_grad():
-            m = net.nodes[n]
-            if isinstance(m, LIF):
-                return net.node_shapes[n]
-            return tuple(m(torch.zeros(1, 1, *net.node_shapes[n])).shape[2:])
 
     @staticmethod
     def _analogue_source(net: Any, n: str) -> str | None:
@@ -237,8 +238,15 @@ def write_csv(rows: list[LayerRow], totals: dict[str, float], path: Path) -> Non
         w.writerow({"layer": "total_ann", "kind": "ann", "macs": totals["ann_macs"], "energy_pj": totals["ann_energy_pj"]})
 
 
-def plot(rows: list[LayerRow], path: Path) -> None:
-    """Bar chart of firing rate and SOPs per spiking layer."""
+def title(totals: dict[str, float], model: str, dataset: str) -> str:
+    """The chart's title: what was measured and the energy per sample, SNN vs ANN."""
+    return (f"{model}, T = {int(totals['T'])}, {dataset}: {totals['snn_energy_pj'] / 1e3:.4g} nJ per sample "
+            f"(SNN) vs {totals['ann_energy_pj'] / 1e3:.4g} nJ (ANN), ratio {totals['energy_ratio_snn_over_ann']:.3f}")
+
+
+def plot(rows: list[LayerRow], path: Path, heading: str = "") -> None:
+    """Bar charts: firing rate per spiking layer; operations per sample per layer (the SOPs of
+    spiking layers, the MACs of analogue-fed ones such as the input layer, log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,13 +254,17 @@ def plot(rows: list[LayerRow], path: Path) -> None:
 
     spk = [r for r in rows if r.kind == "spiking"]
     names = [r.layer for r in spk]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(names) + 4), 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(7, 0.6 * len(rows) + 5), 4.4))
     a.bar(range(len(names)), [r.rate for r in spk], color="tab:blue")
     a.set_title("firing rate")
-    b.bar(range(len(names)), [r.sops for r in spk], color="tab:orange")
-    b.set_title("SOPs per sample")
-    for ax in (a, b):
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    a.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ops = [(r.layer, r.macs, "tab:green") if r.kind != "spiking" else (r.layer, r.sops, "tab:orange") for r in rows]
+    b.bar(range(len(ops)), [max(v, 1e-9) for _, v, _ in ops], color=[c for _, _, c in ops])
+    b.set_yscale("log")
+    b.set_title("per sample: MACs (green), SOPs (orange)", fontsize=10)
+    b.set_xticks(range(len(ops)), [n for n, _, _ in ops], rotation=60, ha="right", fontsize=7)
+    if heading:
+        fig.suptitle(heading, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -282,6 +294,7 @@ class SpikeEnergyReport(pl.Callback):
         self._layers: dict[str, LIF] = {}
         self.rows: list[LayerRow] = []
         self.totals: dict[str, float] = {}
+        self.title = ""
 
     # -------------------------------------------------------------- recording
     def _record(self, name: str, s: Tensor, leading: int) -> None:
@@ -347,7 +360,11 @@ class SpikeEnergyReport(pl.Callback):
         out = Path(self.out_dir or trainer.log_dir or ".")
         out.mkdir(parents=True, exist_ok=True)
         write_csv(self.rows, self.totals, out / f"{self.prefix}.csv")
-        plot(self.rows, out / f"{self.prefix}.png")
+        dm = getattr(trainer, "datamodule", None)
+        dataset = str(getattr(dm, "hparams", {}).get("dataset", type(dm).__name__ if dm else "data"))
+        model = str(pl_module.hparams.get("network", type(pl_module.net).__name__))
+        self.title = title(self.totals, model, dataset)
+        plot(self.rows, out / f"{self.prefix}.png", self.title)
         self._log_wandb(trainer, out / f"{self.prefix}.png")
 
     def _log_wandb(self, trainer: pl.Trainer, png: Path) -> None:

@@ -69,7 +69,10 @@ def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
     channel 1 never. A neuron's fan-out into the next conv is 2 channels x the output positions
     whose 3x3 window covers it: 4 at a corner, 6 on an edge, 9 inside, so one channel map drives
     2 x (4 x 4 + 8 x 6 + 4 x 9) = 200 synapses: SOPs = 4 steps x 200 = 800 per sample, mean
-    fan-out over both channels 2 x 200 / 32 = 12.5. The input conv: 2 x 16 x 9 = 288 MACs.
+    fan-out over both channels 2 x 200 / 32 = 12.5. MACs count the same positions, no padding:
+    an output's 3x3 window holds 4 real inputs at a corner, 6 on an edge, 9 inside, so one
+    (input, output) channel pair does 4 x 4 + 8 x 6 + 4 x 9 = 100 (not 16 x 9 = 144): the input
+    conv 2 x 100 = 200 MACs, the second conv 2 x 2 x 100 = 400 in the ANN.
     """
     module = SNNModule("convnet", num_classes=2, input_shape=(1, 4, 4), T=4,
                        network_args={"channels": [2, 2], "hidden": 3})
@@ -79,7 +82,9 @@ def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
         bn1.bias.copy_(torch.tensor([1.5, 0.0]))
     cb = _run_report(module, torch.zeros(3, 1, 4, 4), tmp_path)
     rows = {r.layer: r for r in cb.rows}
-    assert rows["layers_0_0"].kind == "analogue-input" and rows["layers_0_0"].macs == pytest.approx(288.0)
+    assert rows["layers_0_0"].kind == "analogue-input" and rows["layers_0_0"].macs == pytest.approx(200.0)
+    # ANN: both convs, the spiking FC layer (2 x 4 x 4 features -> 3) and the read-out (3 -> 2)
+    assert cb.totals["ann_macs"] == pytest.approx(200 + 400 + 32 * 3 + 3 * 2)
     first = rows["layers_1"]
     assert first.spikes == pytest.approx(64.0) and first.rate == pytest.approx(0.5)
     assert first.fan_out == pytest.approx(12.5) and first.sops == pytest.approx(800.0)
@@ -143,12 +148,44 @@ def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path,
 
 
 def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) -> None:
-    """F-MLP under IDE runs its neurons step by step (``LIF.step``); a neuron's fan-out is its
-    feedback synapses (all ``hidden`` of them) plus the read-out's ``classes``."""
+    """F-MLP (16 inputs -> 8 IF neurons with 8 x 8 feedback -> 3 classes), T = 5, under IDE, which
+    runs its neurons step by step (``LIF.step``). Zero input weights, BN shifts 1.5 / 0.5 on
+    neurons 0 / 2 (0 elsewhere), and a positive feedback matrix with entries 0.1 / 8:
+
+    neuron 0 fires at every step (5 spikes); neuron 2 integrates 0.5 + feedback >= 0, so it fires
+    at steps 2 and 4 (its post-reset potential, under 2 x 5 x 0.0125, never reaches 0.5 more); the
+    other six get at most 5 steps x 2 spikes x 0.0125 = 0.125 < 1 and never fire: 7 spikes per
+    sample, rate 7 / (8 x 5) = 0.175. A neuron's fan-out is its feedback synapses (all 8) plus the
+    read-out's 3: SOPs = 7 x 11 = 77. The input layer: 16 x 8 weights, but all are zero: 0 MACs.
+    """
     module = SNNModule("f_mlp", num_classes=3, input_shape=(1, 4, 4), T=5, strategy="ide",
                        network_args={"hidden": 8})
+    net = module.net
+    fc, bn = net.input[0][1], net.input[1]
+    with torch.no_grad():
+        fc.weight.zero_()
+        fc.bias.zero_()
+        bn.bias.copy_(torch.tensor([1.5, 0, 0.5, 0, 0, 0, 0, 0]))
+        net.feedback.op.weight.fill_(1.0)  # sigma = 8 with u = v = 1 / sqrt(8)
+        net.feedback.u.fill_(8 ** -0.5)
+        net.feedback.v.fill_(8 ** -0.5)
+        net.feedback.gain.fill_(0.1)
     cb = _run_report(module, torch.rand(4, 1, 4, 4), tmp_path)
     (row,) = [r for r in cb.rows if r.kind == "spiking"]
     assert row.layer == "neurons_0" and row.neurons == 8 and row.fan_out == pytest.approx(8 + 3)
-    assert 0.0 <= row.rate <= 1.0 and row.spikes == pytest.approx(row.rate * 8 * 5)
-    assert row.sops == pytest.approx(row.spikes * 11)
+    assert row.spikes == pytest.approx(7.0) and row.rate == pytest.approx(0.175)
+    assert row.sops == pytest.approx(77.0)
+    assert cb.totals["snn_macs"] == 0.0
+
+
+def test_report_title_names_the_run_and_its_energy(tmp_path: Path) -> None:
+    """The chart's title: model, T, data set and the energy per sample, SNN vs ANN."""
+    from lightning_snn.report import title
+
+    totals = {"T": 4.0, "snn_energy_pj": 1852e3, "ann_energy_pj": 1870e3, "energy_ratio_snn_over_ann": 0.99}
+    assert title(totals, "mlp", "fashion_mnist") == \
+        "mlp, T = 4, fashion_mnist: 1852 nJ per sample (SNN) vs 1870 nJ (ANN), ratio 0.990"
+    module = SNNModule("mlp", num_classes=2, input_shape=(1, 2, 2), T=3, network_args={"hidden": [3]})
+    cb = _run_report(module, torch.rand(4, 1, 2, 2), tmp_path)
+    assert cb.title.startswith("mlp, T = 3, ") and "nJ per sample (SNN)" in cb.title
+    assert (tmp_path / "spike_report.png").stat().st_size > 1000
