@@ -109,7 +109,10 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     if ns.parallel < 1:
         raise SuiteError(f"--parallel {ns.parallel} (valid: an integer >= 1)")
     runs = _runs(suite, ns)
-    checks = {r.row.name: plan.check_row(r.row, opts, r.seed) for r in runs}  # every row before anything starts
+    checks: dict[str, plan.RowCheck] = {}
+    for r in runs:  # every row's command line and data, before anything starts
+        if r.row.name not in checks:
+            checks[r.row.name] = plan.check_row(r.row, opts, r.seed)
     todo, lines = [], []
     for r in runs:
         state, detail = plan.run_state(r, opts)
