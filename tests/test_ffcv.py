@@ -139,7 +139,7 @@ def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
     with pytest.raises(RuntimeError, match="1 sample.* could not be read, .*broken.beton not written: "
                                            "sample 13: OSError: unreadable image 13"):
         write_beton(Broken(), tmp_path / "broken.beton", num_workers=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton", "c.beton.json"]
 
 
 FULL_DISK_SCRIPT = textwrap.dedent("""
@@ -259,7 +259,9 @@ def test_data_module_ffcv_backend_trains(tmp_path, data_root):
             "--data.val_size=4", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
     cli = main(args)
-    assert sorted(p.name for p in (tmp_path / "betons").iterdir()) == ["cifar10_test_raw.beton", "cifar10_train_raw.beton"]
+    assert sorted(p.name for p in (tmp_path / "betons").iterdir()) == [
+        "cifar10_test_raw.beton", "cifar10_test_raw.beton.json", "cifar10_train_raw.beton",
+        "cifar10_train_raw.beton.json"]
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
     dm = VisionDataModule("cifar10", root=str(data_root), verify_md5=False, backend="auto",
