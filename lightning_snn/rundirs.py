@@ -4,7 +4,8 @@ Lightning creates a logger's ``version_N`` folder (and the checkpoint folder) wh
 before the data module and the callbacks are set up, so an error found there used to leave empty
 ``lightning_logs/version_N`` folders, each taking the next version number. The command line notes
 the local folders a run is going to create; if the run fails, those still empty are removed
-(``rmdir``: a folder with any file in it, e.g. a failed run's metrics or checkpoints, is kept).
+(a folder with anything but the run's ``config.yaml`` / ``hparams.yaml`` in it, e.g. a failed
+run's metrics or checkpoints, is kept).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ def planned_dirs(trainer: pl.Trainer) -> list[Path]:
     return sorted(missing, key=lambda p: len(p.parts), reverse=True)
 
 
+# what a run writes into its log folder when it starts, before it has done anything
+START_FILES = frozenset({"config.yaml", "hparams.yaml"})
+
+
 def remove_empty(dirs: list[Path]) -> None:
-    """Remove the folders of ``dirs`` (deepest first) that are empty."""
+    """Remove the folders of ``dirs`` (deepest first, all created by the failed run) that hold
+    nothing but the run's start files (``START_FILES``)."""
     for path in dirs:
         try:
-            path.rmdir()
-        except OSError:  # not empty, or already gone
+            entries = list(path.iterdir())
+            if all(p.is_file() and p.name in START_FILES for p in entries):
+                for p in entries:
+                    p.unlink()
+                path.rmdir()
+        except OSError:  # gone, or written meanwhile
             pass
