@@ -358,7 +358,7 @@ class VisionDataModule(pl.LightningDataModule):
                 if key not in self._opened:
                     self._opened[key] = self._open(train=train, augment=key[1])
             sizes = {True: len(self._opened[(True, self.hparams.augment)])} if True in splits else {}
-        if stage == "fit":
+        if stage == "fit" and self.trainer is not None:  # a fit, not a look at the data
             self._check_trains_something(sizes[True])
 
     def _check_trains_something(self, n: int) -> None:
@@ -367,14 +367,14 @@ class VisionDataModule(pl.LightningDataModule):
         hp, trainer = self.hparams, self.trainer
         if hp.val_size >= n:
             raise ValueError(f"val_size {hp.val_size} >= training set size {n} (valid: 0 to {n - 1})")
-        world = trainer.world_size if trainer is not None else 1
+        world = trainer.world_size
         per_process = math.ceil((n - hp.val_size) / world)  # DistributedSampler pads to equal shares
         if hp.batch_size > per_process:
             split = f"{n - hp.val_size:,} images of {hp.dataset!r} after val_size {hp.val_size}"
             split += f", {per_process:,} per process of {world}" if world > 1 else ""
             raise UsageError(f"data.batch_size {hp.batch_size} is larger than the training split ({split}): "
                              f"fit would train on 0 batches (valid: data.batch_size <= {per_process})")
-        if trainer is not None and trainer.limit_train_batches == 0:
+        if trainer.limit_train_batches == 0:
             raise UsageError("trainer.limit_train_batches 0: fit would train on nothing (valid: > 0; "
                              "`validate` or `test` evaluate without training)")
 
