@@ -136,6 +136,25 @@ def test_evaluation_on_another_data_set_only_when_asked_and_said(trained, capsys
     assert cli.datamodule.hparams.dataset == "mnist" and "test/acc" in cli.trainer.callback_metrics
 
 
+def test_checkpoints_of_older_versions_are_compared_by_their_data_hyper_parameters():
+    """Before the data module stored its run settings, the checkpoint had its hyper-parameters only:
+    the same keys are compared (``frames``, linked to T for images, and paths are not)."""
+    from lightning_snn.checkpoints import check_data_settings, stored_data_settings
+
+    old = {"datamodule_hyper_parameters": {"dataset": "fashion_mnist", "batch_size": 128, "val_size": 5000,
+                                           "seed": 0, "augment": True, "cutout": False, "frames": 4, "root": "d"}}
+    stored = stored_data_settings(old)
+    assert stored == {"dataset": "fashion_mnist", "batch_size": 128, "val_size": 5000, "seed": 0,
+                      "augment": True, "cutout": False}
+    requested = {**stored, "batch_size": 64, "frames": None, "mean": [0.1307], "std": [0.3081]}
+    with pytest.raises(CheckpointError, match=r"data.batch_size: checkpoint 128, requested 64 \(valid"):
+        check_data_settings(stored, requested, "x.ckpt", "fit")
+    assert check_data_settings(stored, requested, "x.ckpt", "test") is None  # same data set
+    other = {**requested, "dataset": "mnist"}
+    assert "data.dataset: checkpoint 'fashion_mnist', requested 'mnist'" in check_data_settings(
+        stored, other, "x.ckpt", "report", allow_other_data=True)
+
+
 def test_mid_epoch_position_of_another_batch_size_is_refused_not_recomputed(trained, data_root):
     """The data module itself refuses (also when Lightning resolves ``last`` without the CLI check)."""
     import pytorch_lightning as pl
