@@ -160,10 +160,12 @@ def check_contents(path: str | os.PathLike, expected: Expected,
     if side.is_file():
         try:
             ident = json.loads(side.read_text())
-            assert ident.get("format") == FORMAT
-        except (ValueError, OSError, AssertionError, AttributeError) as e:
+            problem = None if isinstance(ident, dict) and ident.get("format") == FORMAT else "no format field"
+        except (ValueError, OSError) as e:
+            problem = str(e)
+        if problem:
             raise BetonMismatchError(f"identity file {side} of {path} is unreadable or not in the "
-                                     f"format {FORMAT} ({e or 'format field'}) {fix}") from None
+                                     f"format {FORMAT} ({problem}) {fix}")
         held = f"{ident.get('dataset')!r} ({ident.get('split')} split)"
         if ident.get("dataset") is not None and (ident["dataset"], ident.get("split")) != (expected.dataset, expected.split):
             raise BetonMismatchError(f"{path} holds data set {held} (its identity file {side.name} says so), "

@@ -79,7 +79,7 @@ def main(
                        jpeg_quality=jpeg_quality, num_workers=num_workers, overwrite=overwrite,
                        name=dataset, split=split if dataset else None,
                        source=str(Path(image_folder).resolve()) if image_folder else None)
-    print(f"wrote {len(data)} samples to {path}")
+    print(f"wrote {len(data)} samples to {path} (what it holds: {path}.json)")
 
 
 def cli(argv: list[str] | None = None) -> int:
