@@ -35,9 +35,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from lightning_snn.atomic import no_space, remove_stale_temps, temp_path
+
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, missing, or made for another model."""
+    """A checkpoint that cannot be used (unreadable, missing, made for another model or other
+    data) or cannot be written (a full disk)."""
 
 
 VALID_CKPT = "(valid: a complete checkpoint file written by fit, 'last' or 'best')"
@@ -62,23 +65,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A full disk or a kill leaves the previous checkpoint intact under the final name (Lightning's
     default writes through a temporary file that may sit on another file system, where the final
-    move is a copy that can be cut short).
+    move is a copy that can be cut short). A full disk is one line naming the folder and the file;
+    the first write into a folder removes the temporary files of writers that were killed there.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote file systems: fsspec's own transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if target.parent not in self._swept:
+            remove_stale_temps(target.parent)
+            self._swept.add(target.parent)
+        tmp = temp_path(target)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if no_space(e):
+                kept = "the previous checkpoint is kept" if target.exists() else "no earlier checkpoint there"
+                raise CheckpointError(f"no space left on {target.parent} while writing {target.name}; "
+                                      f"{kept} (valid: free space, or another --checkpoint.dirpath)") from e
             raise
 
 
@@ -230,6 +245,34 @@ def hparam_mismatch(stored: dict[str, Any], requested: dict[str, Any], *,
         if not _same(a.get(key), b.get(key)):
             diff.append((key, a.get(key), b.get(key)))
     return diff
+
+
+def stored_data_settings(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The data settings a checkpoint's run was trained with (``VisionDataModule.run_settings``);
+    for a checkpoint of an older version, the same keys of the data module's hyper-parameters."""
+    for value in ckpt.values():  # the data module's state, stored under its class name
+        if isinstance(value, dict) and isinstance(value.get("data"), dict) and "dataset" in value["data"]:
+            return value["data"]
+    hp = ckpt.get("datamodule_hyper_parameters") or {}
+    return {k: hp[k] for k in ("dataset", "val_size", "seed", "batch_size", "augment", "cutout") if k in hp} or None
+
+
+def check_data_settings(stored: dict[str, Any], requested: dict[str, Any], ckpt: Any, subcommand: str,
+                        allow_other_data: bool = False) -> str | None:
+    """A resumed ``fit`` must use the checkpoint's data settings (every key); an evaluation its data
+    set, unless ``allow_other_data``: then the returned note says what is evaluated on what.
+    Raises :class:`CheckpointError` listing the keys that differ."""
+    fitting = subcommand == "fit"
+    compared = stored if fitting else {k: v for k, v in stored.items() if k == "dataset"}
+    diff = hparam_mismatch(compared, requested, include_optimisation=True)
+    if not diff:
+        return None
+    shown = "; ".join(f"data.{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diff)
+    if fitting or not allow_other_data:
+        other = "" if fitting else ", or --allow_other_data to evaluate it on other data"
+        raise CheckpointError(f"checkpoint {ckpt} was made with other data settings than requested: {shown} "
+                              f"(valid: the checkpoint's settings{other})")
+    return f"--allow_other_data: {subcommand} of checkpoint {ckpt} on other data than it was trained on: {shown}"
 
 
 # ----------------------------------------------------------------------------- last / step / signals

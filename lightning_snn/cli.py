@@ -10,7 +10,8 @@ weights on the test split after ``fit``. With a W&B logger (``--trainer.logger``
 
 ``--ckpt_path`` is verified before anything starts: an unreadable ``last``/``hpc_ckpt`` file falls
 back to the newest intact checkpoint (``fit``), and a checkpoint whose model settings differ from
-the requested ones is an error naming the keys (the checkpoint never overrides the config).
+the requested ones is an error naming the keys (the checkpoint never overrides the config); so are
+other data settings on resume, and another data set in evaluation unless ``--allow_other_data``.
 ``python -m lightning_snn`` reports bad input in one line (``errors``).
 """
 
@@ -29,13 +30,14 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_snn.checkpoints import (
-    AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks,
-    hparam_mismatch, read_checkpoint, resolve_resume,
+    AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks, check_data_settings,
+    hparam_mismatch, read_checkpoint, resolve_resume, stored_data_settings,
 )
 from lightning_snn.commands import SNNTrainer, space_separated_list
 from lightning_snn.data import VisionDataModule
 from lightning_snn.errors import run_cli
 from lightning_snn.module import SNNModule
+from lightning_snn.rundirs import planned_dirs, remove_empty
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -52,6 +54,7 @@ class SaveConfigToLogger(SaveConfigCallback):
 
 class SNNCLI(LightningCLI):
     _ckpt_hparams: dict[str, Any] | None = None
+    _ckpt_data: dict[str, Any] | None = None
     _ckpt_file: str | None = None
 
     def __init__(self, *args: Any, trainer_class: Any = SNNTrainer, **kwargs: Any) -> None:
@@ -86,6 +89,10 @@ class SNNCLI(LightningCLI):
             "--test_after_fit", type=Optional[Literal["best", "last"]], default=None,
             help="after fit, evaluate the best (by val/acc) or the final weights on the test split",
         )
+        parser.add_argument(
+            "--allow_other_data", type=bool, default=False,
+            help="test / validate / report a --ckpt_path on another data set than it was trained on",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Verify ``--ckpt_path`` (fall back from a broken ``last`` when fitting) and keep its model
@@ -99,12 +106,18 @@ class SNNCLI(LightningCLI):
         cfg.ckpt_path = path
         if path not in ("last", "best", "hpc") and not path.startswith("registry"):
             self._ckpt_file = path
-            self._ckpt_hparams = read_checkpoint(path).get("hyper_parameters")
+            ckpt = read_checkpoint(path)
+            self._ckpt_hparams, self._ckpt_data = ckpt.get("hyper_parameters"), stored_data_settings(ckpt)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
+        if self._ckpt_data and self.subcommand != "export" and hasattr(self.datamodule, "run_settings"):
+            note = check_data_settings(self._ckpt_data, self.datamodule.run_settings(), self._ckpt_file,
+                                       self.subcommand, self.config[self.subcommand].get("allow_other_data"))
+            if note:
+                print(note, file=sys.stderr)
         trainer = self.trainer
         # the --checkpoint.* callback becomes best-by-validation + last/step/signal (checkpoints.py)
         configured = self.config_init[self.subcommand].get("checkpoint")
@@ -125,6 +138,14 @@ class SNNCLI(LightningCLI):
             raise CheckpointError(
                 f"checkpoint {self._ckpt_file} was made with other model settings than requested: {shown} "
                 "(valid: the checkpoint's settings, or no --ckpt_path to start a new run)")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        created = planned_dirs(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_empty(created)  # the log / checkpoint folders this failed run left empty
+            raise
 
     def after_fit(self) -> None:
         which = self.config[self.subcommand].get("test_after_fit")

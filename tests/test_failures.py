@@ -4,9 +4,12 @@ out-of-range options. Each reports one line (exit 2) or recovers, and never trai
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,9 +84,108 @@ def test_checkpoint_of_another_network_is_an_error(trained, data_root, tmp_path,
 
 
 def test_checkpoint_with_the_same_settings_is_used(trained):
+    """The evaluated weights are the checkpoint's (not a fresh network's), and so is the accuracy:
+    the validation at the end of training ran on the weights last.ckpt holds."""
     args, run = trained
-    cli = main(sub_args("validate", args) + [f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
-    assert cli.model.hparams.T == 4 and 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+    last = run / "checkpoints" / "last.ckpt"
+    fresh = main(sub_args("validate", args)[1:], run=False).model.state_dict()
+    cli = main(sub_args("validate", args) + [f"--ckpt_path={last}"])
+    saved = load_ckpt(last)["state_dict"]
+    evaluated = cli.model.state_dict()
+    assert evaluated.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(evaluated[k].cpu(), v), k
+    assert any(not torch.equal(fresh[k], v) for k, v in saved.items() if v.is_floating_point())
+    with (run / "lightning_logs" / "version_0" / "metrics.csv").open() as f:
+        logged = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert float(cli.trainer.callback_metrics["val/acc"]) == pytest.approx(logged[-1], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoint != data
+@pytest.mark.parametrize("sub, change, keys", [
+    ("fit", ["--data.dataset=mnist"], ["data.dataset: checkpoint 'fashion_mnist', requested 'mnist'",
+                                       "data.mean: checkpoint [0.286], requested [0.1307]"]),
+    ("fit", ["--data.batch_size=8"], ["data.batch_size: checkpoint 16, requested 8"]),
+    ("fit", ["--data.val_size=100", "--data.seed=3"], ["data.val_size: checkpoint 0, requested 100",
+                                                       "data.seed: checkpoint 0, requested 3"]),
+    ("test", ["--data.dataset=mnist"], ["data.dataset: checkpoint 'fashion_mnist', requested 'mnist'",
+                                        "--allow_other_data"]),
+    ("validate", ["--data.dataset=mnist"], ["data.dataset: checkpoint 'fashion_mnist'"]),
+])
+def test_checkpoint_of_other_data_settings_is_an_error_naming_the_keys(trained, sub, change, keys, capsys):
+    args, run = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = sorted(p.name for p in run.rglob("*"))
+    line = one_line_error(capsys, sub_args(sub, args) + change + [f"--ckpt_path={ckpt}", "--trainer.max_epochs=2"
+                                                                   if sub == "fit" else "--data.batch_size=16"])
+    assert str(ckpt) in line and "other data settings" in line
+    for key in keys:
+        assert key in line, line
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing written
+
+
+def test_evaluation_on_another_data_set_only_when_asked_and_said(trained, capsys):
+    """``--allow_other_data`` evaluates the checkpoint's weights on MNIST and says so; the data
+    settings that do not define the data set (batch size) may differ in evaluation."""
+    args, run = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cli = main(sub_args("test", args) + ["--data.dataset=mnist", "--data.batch_size=64", "--allow_other_data=true",
+                                         f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2"])
+    err = capsys.readouterr().err
+    assert "--allow_other_data: test of checkpoint" in err and "requested 'mnist'" in err, err
+    assert cli.datamodule.hparams.dataset == "mnist" and "test/acc" in cli.trainer.callback_metrics
+
+
+def test_checkpoints_of_older_versions_are_compared_by_their_data_hyper_parameters():
+    """Before the data module stored its run settings, the checkpoint had its hyper-parameters only:
+    the same keys are compared (``frames``, linked to T for images, and paths are not)."""
+    from lightning_snn.checkpoints import check_data_settings, stored_data_settings
+
+    old = {"datamodule_hyper_parameters": {"dataset": "fashion_mnist", "batch_size": 128, "val_size": 5000,
+                                           "seed": 0, "augment": True, "cutout": False, "frames": 4, "root": "d"}}
+    stored = stored_data_settings(old)
+    assert stored == {"dataset": "fashion_mnist", "batch_size": 128, "val_size": 5000, "seed": 0,
+                      "augment": True, "cutout": False}
+    requested = {**stored, "batch_size": 64, "frames": None, "mean": [0.1307], "std": [0.3081]}
+    with pytest.raises(CheckpointError, match=r"data.batch_size: checkpoint 128, requested 64 \(valid"):
+        check_data_settings(stored, requested, "x.ckpt", "fit")
+    assert check_data_settings(stored, requested, "x.ckpt", "test") is None  # same data set
+    other = {**requested, "dataset": "mnist"}
+    assert "data.dataset: checkpoint 'fashion_mnist', requested 'mnist'" in check_data_settings(
+        stored, other, "x.ckpt", "report", allow_other_data=True)
+
+
+def test_mid_epoch_position_of_another_batch_size_is_refused_not_recomputed(trained, data_root):
+    """The data module itself refuses (also when Lightning resolves ``last`` without the CLI check)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    from lightning_snn.data import VisionDataModule
+
+    _, run = trained
+    state = load_ckpt(run / "checkpoints" / "last.ckpt")["VisionDataModule"]
+    dm = VisionDataModule(root=str(data_root), batch_size=8, num_workers=0)
+    dm.trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    dm.trainer.state.fn = TrainerFn.FITTING
+    with pytest.raises(CheckpointError, match=r"data.batch_size: checkpoint 16, requested 8"):
+        dm.load_state_dict(state)
+    assert dm._resume_position is None
+    same = VisionDataModule(root=str(data_root), batch_size=16, num_workers=0)
+    same.trainer = dm.trainer
+    same.load_state_dict(state)
+    assert same._resume_position == tuple(state["train_position"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["--data.batch_size=60000", "--data.val_size=5000"],
+     "data.batch_size 60000 is larger than the training split (55,000 images of 'fashion_mnist' after val_size "
+     "5000): fit would train on 0 batches (valid: data.batch_size <= 55000)"),
+    (["--trainer.limit_train_batches=0"], "trainer.limit_train_batches 0: fit would train on nothing"),
+])
+def test_fit_that_would_train_on_nothing_is_an_error(override, expected, data_root, tmp_path, capsys):
+    line = one_line_error(capsys, fit_args(data_root, tmp_path / "run", *override, "--test_after_fit=last"))
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()  # nothing written, nothing tested
 
 
 # ----------------------------------------------------------------------------- broken checkpoint files
@@ -127,12 +229,87 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 
 def test_unwritable_checkpoint_directory_fails_before_training(data_root, tmp_path, capsys):
+    """Found after the logger started: the empty log folders the run created are removed, a folder
+    that was there before is kept."""
     blocker = tmp_path / "file"
     blocker.write_text("a file where the checkpoint folder should be")
     args = fit_args(data_root, tmp_path / "run", f"--checkpoint.dirpath={blocker / 'ckpts'}", epochs=1)
     line = one_line_error(capsys, args)
     assert f"checkpoint directory {blocker / 'ckpts'} is not writable" in line
-    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.csv"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run" / "lightning_logs" / "version_0").mkdir(parents=True)  # an earlier run's
+    one_line_error(capsys, args)
+    assert [p.name for p in (tmp_path / "run" / "lightning_logs").iterdir()] == ["version_0"]
+
+
+class FullAfter:
+    """A real file whose writes fail with ENOSPC once ``room`` bytes are written (a full disk)."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    from lightning_snn import checkpoints
+
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.arange(3.0)}, target)
+    good = target.read_bytes()
+    monkeypatch.setattr(checkpoints, "open", lambda p, mode: FullAfter(open(p, mode), 4096), raising=False)
+    with pytest.raises(CheckpointError) as exc:
+        io.save_checkpoint({"w": torch.randn(10_000)}, target)
+    assert str(exc.value).startswith(f"no space left on {tmp_path} while writing last.ckpt; the previous "
+                                     "checkpoint is kept"), exc.value
+    assert target.read_bytes() == good and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(CheckpointError, match="no earlier checkpoint there"):
+        io.save_checkpoint({"w": torch.randn(10_000)}, tmp_path / "other.ckpt")
+
+
+@pytest.mark.slow
+def test_fit_onto_a_full_disk_is_one_line(data_root, tmp_path):
+    """A real 64 KiB tmpfs (a private mount namespace) as the checkpoint folder of a real fit."""
+    folder = tmp_path / "small_fs"
+    folder.mkdir()
+    mount = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+             f'mount -t tmpfs -o size=64k tmpfs {folder} && exec "$0" "$@"']
+    if shutil.which("unshare") is None or subprocess.run(mount + ["true"], capture_output=True).returncode:
+        pytest.skip("cannot mount a private tmpfs here")
+    args = [a for a in fit_args(data_root, tmp_path / "run", epochs=1) if not a.startswith("--checkpoint.dirpath")]
+    r = subprocess.run(mount + [sys.executable, "-m", "lightning_snn", *args, f"--checkpoint.dirpath={folder}"],
+                       cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert err[-1].startswith(f"error: no space left on {folder} while writing "), err[-1]
+
+
+def test_temporary_files_of_killed_writers_are_removed(tmp_path):
+    """A kill during a write leaves ``.last.ckpt.<pid>.tmp``; the next writer in that folder removes
+    it when that process is gone, and leaves files of live writers and of other hosts alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".last.ckpt.{dead.pid}.tmp", tmp_path / f".last.ckpt.{dead.pid}@{socket.gethostname()}.tmp"]
+    alive = [tmp_path / f".last.ckpt.{os.getppid()}.tmp", tmp_path / f".last.ckpt.{dead.pid}@elsewhere.tmp",
+             tmp_path / f".notes.{dead.pid}.txt"]
+    for p in stale + alive:
+        p.write_bytes(b"")
+    AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2)}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt"] + [p.name for p in alive])
 
 
 # ----------------------------------------------------------------------------- when checkpoints are saved

@@ -139,7 +139,7 @@ def test_write_never_overwrites_or_leaves_partial_files(tmp_path, data_root):
     with pytest.raises(RuntimeError, match="1 sample.* could not be read, .*broken.beton not written: "
                                            "sample 13: OSError: unreadable image 13"):
         write_beton(Broken(), tmp_path / "broken.beton", num_workers=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton", "c.beton.json"]
 
 
 FULL_DISK_SCRIPT = textwrap.dedent("""
@@ -166,12 +166,14 @@ FULL_DISK_SCRIPT = textwrap.dedent("""
 
 
 def _run_full_disk(tmp_path, folder, prefix=(), **kw):
+    """The script's output; the writer processes print nothing (no traceback above the error)."""
     script = tmp_path / "full_disk.py"
     script.write_text(FULL_DISK_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     r = subprocess.run([*prefix, sys.executable, str(script), str(folder)], capture_output=True, text=True,
                        timeout=120, env=env, **kw)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
     return r.stdout
 
 
@@ -189,7 +191,7 @@ def test_write_onto_a_full_disk_fails_promptly_and_leaves_nothing(tmp_path):
     out = _run_full_disk(tmp_path, folder, prefix=(
         "unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
         f'mount -t tmpfs -o size=12m tmpfs {folder} && exec "$0" "$@"'))
-    assert "No space left on device" in out and "big.beton" in out, out
+    assert f"no space left on {folder} while writing big.beton; nothing was written" in out, out
     assert "left: []" in out, out
 
 
@@ -259,7 +261,9 @@ def test_data_module_ffcv_backend_trains(tmp_path, data_root):
             "--data.val_size=4", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
     cli = main(args)
-    assert sorted(p.name for p in (tmp_path / "betons").iterdir()) == ["cifar10_test_raw.beton", "cifar10_train_raw.beton"]
+    assert sorted(p.name for p in (tmp_path / "betons").iterdir()) == [
+        "cifar10_test_raw.beton", "cifar10_test_raw.beton.json", "cifar10_train_raw.beton",
+        "cifar10_train_raw.beton.json"]
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
     dm = VisionDataModule("cifar10", root=str(data_root), verify_md5=False, backend="auto",
@@ -342,3 +346,125 @@ def test_a_zeroed_test_split_beton_stops_fit_before_anything_is_written(tmp_path
     with pytest.raises(BetonError, match=f"{bad} is damaged: header says format version 0"):
         main(args)
     assert not ckpt.exists() and not logs.exists()
+
+
+# ----------------------------------------------------------------------------- what a file holds
+@pytest.fixture(scope="module")
+def betons(tmp_path_factory, data_root):
+    """The Fashion-MNIST train and test files as the data module writes them on first use, and
+    MNIST's and CIFAR-10's test files (with their identity files) to put in their place."""
+    folder = tmp_path_factory.mktemp("fm_betons")
+    dm = VisionDataModule("fashion_mnist", root=str(data_root), backend="ffcv", beton_dir=str(folder / "fm"),
+                          num_workers=1)
+    dm.prepare_data()
+    mnist = write_beton(datasets.MNIST(str(data_root), train=False), folder / "mnist_test.beton", gray=True,
+                        name="mnist", split="test")
+    cifar = write_beton(CIFAR10Unverified(str(data_root), train=False), folder / "cifar10_test_raw.beton",
+                        name="cifar10", split="test")
+    return folder / "fm", mnist, cifar
+
+
+def test_identity_file_records_what_the_file_holds(betons, data_root):
+    """Data set, split, layout, write mode, and a fingerprint equal to a hand computation from the
+    source data set: SHA-256 of every label (int64) and the pixels of 16 evenly spaced images."""
+    import hashlib
+    import json
+
+    fm, _, _ = betons
+    ident = json.loads((fm / "fashion_mnist_test.beton.json").read_text())
+    assert {k: ident[k] for k in ("dataset", "split", "samples", "fields", "image_shape", "image_dtype",
+                                  "write_mode")} == {
+        "dataset": "fashion_mnist", "split": "test", "samples": 10_000, "image_shape": [28, 28],
+        "fields": {"image": "NDArrayField", "label": "IntField"}, "image_dtype": "uint8", "write_mode": "raw"}
+    ds = datasets.FashionMNIST(str(data_root), train=False)
+    picked = np.unique(np.linspace(0, 9999, 16).round().astype(int))
+    h = hashlib.sha256(ds.targets.numpy().astype("<i8").tobytes())
+    for i in picked:
+        h.update(ds.data[i].numpy().tobytes())
+    assert ident["fingerprint"]["sha256"] == h.hexdigest()
+    assert ident["fingerprint"]["covers"] == ("field(s) label of all 10000 samples and the stored bytes of 16 "
+                                              "evenly spaced samples (0, 667, 1333, ..., 9999)")
+
+
+def _impostor_dir(tmp_path, betons, impostor, with_identity):
+    """A beton folder with the real Fashion-MNIST train file and ``impostor`` as its test file."""
+    from lightning_snn.data.beton_identity import identity_path
+
+    fm, *_ = betons
+    folder = tmp_path / "betons"
+    folder.mkdir()
+    for name in ("fashion_mnist_train.beton", "fashion_mnist_train.beton.json"):
+        (folder / name).symlink_to(fm / name)
+    test = folder / "fashion_mnist_test.beton"
+    test.symlink_to(impostor)
+    if with_identity:
+        identity_path(test).symlink_to(identity_path(impostor))
+    return folder, test
+
+
+@pytest.mark.parametrize("which, with_identity, expected", [
+    ("mnist", True, "holds data set 'mnist' (test split) (its identity file fashion_mnist_test.beton.json says "
+                    "so), but data set 'fashion_mnist' (test split) is asked for"),
+    ("mnist", False, "does not hold data set 'fashion_mnist' (test split): its labels differ (class 0: 980 "
+                     "samples in the file, 1000 in the data set)"),
+    ("cifar", True, "holds data set 'cifar10' (test split)"),
+    ("cifar", False, "stores fields {image: RGBImageField, label: IntField}; images 32x32x3 uint8, but data set "
+                     "'fashion_mnist' (test split) needs fields {image: NDArrayField, label: IntField}; images "
+                     "28x28 uint8: it holds another data set"),
+])
+def test_a_file_of_other_data_stops_fit_before_training(which, with_identity, expected, betons, tmp_path,
+                                                         data_root, capsys):
+    """MNIST's (gray, same shape) or CIFAR-10's (RGB) test file as ``fashion_mnist_test.beton``: refused
+    before anything is trained or written, not in the test after fit; without an identity file the
+    check says it relies on fields, shapes and labels."""
+    from lightning_snn.cli import command_line
+
+    _, mnist, cifar = betons
+    folder, test = _impostor_dir(tmp_path, betons, mnist if which == "mnist" else cifar, with_identity)
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    args = ["fit", "--config", "configs/fmnist_mlp_bptt.yaml", f"--data.root={data_root}", "--data.backend=ffcv",
+            f"--data.beton_dir={folder}", "--data.num_workers=1", "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2", "--trainer.accelerator=cpu", "--test_after_fit=last",
+            f"--trainer.logger.init_args.save_dir={logs}", f"--checkpoint.dirpath={ckpt}",
+            "--trainer.enable_progress_bar=false"]
+    with pytest.raises(SystemExit) as exc:
+        if with_identity:
+            command_line(args)
+        else:
+            with pytest.warns(UserWarning, match=f"{test} has no identity file .*checked by its fields and shapes"):
+                command_line(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"error: {test} ") and expected in err[-1], err[-1]
+    assert not ckpt.exists() and not logs.exists()
+
+
+def test_an_identity_file_beside_another_file_is_caught(betons, tmp_path):
+    from lightning_snn.data.beton_identity import BetonMismatchError, Expected, check_contents
+
+    fm, mnist, _ = betons
+    test = tmp_path / "fashion_mnist_test.beton"
+    test.symlink_to(mnist)
+    (tmp_path / "fashion_mnist_test.beton.json").symlink_to(fm / "fashion_mnist_test.beton.json")
+    with pytest.raises(BetonMismatchError, match="is not the file its identity file fashion_mnist_test.beton.json "
+                                                 "describes .*content fingerprint"):
+        check_contents(test, Expected("fashion_mnist", "test", gray=True, image_shape=(28, 28)))
+    note = check_contents(fm / "fashion_mnist_test.beton", Expected("fashion_mnist", "test", True, (28, 28)))
+    assert "identity checked ('fashion_mnist' (test split)" in note
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("folder", "is a folder (valid: the path of a .beton file to write)"),
+    ("a_file/x.beton", "a_file is a file, not a folder (valid: a path under a folder)"),
+])
+def test_write_beton_checks_the_destination_before_reading_anything(out, expected, tmp_path, capsys):
+    from lightning_snn.data.write_beton import cli
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("a file")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    # --root does not exist: reading the data set first would fail with another message
+    assert cli([f"--out={tmp_path / out}", "--overwrite=true", "--dataset=cifar10", f"--root={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

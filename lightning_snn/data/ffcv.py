@@ -6,6 +6,10 @@ images exactly as ``uint8`` arrays, plus the integer label. Files are written to
 and moved into place, so an interrupted write never leaves a file that looks complete, and an
 existing file is never overwritten unless asked.
 
+Every written file gets an identity file ``<file>.json`` beside it (data set, split, fields,
+image shape, write mode, content fingerprint; see ``beton_identity``), which the data module checks
+before training.
+
 Loading: ``ffcv_loader`` builds an FFCV ``Loader`` with the standard pipelines (CIFAR: translate
 by up to 4 px = pad-4 random crop, flip; ImageNet: random-resized crop + flip for training,
 centre crop with ratio 224/256 for evaluation; normalisation on the batch), ``distributed=True``
@@ -15,6 +19,7 @@ under DDP (each rank reads its own shard; Lightning does not add a sampler to FF
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_snn.atomic import no_space, remove_stale_temps, temp_path
+from lightning_snn.data.beton_identity import write_identity
 from lightning_snn.errors import DataFileError, UsageError
 
 Pipeline = Literal["cifar", "imagenet", "gray"]
@@ -98,12 +105,15 @@ class _Adapter:
 
 
 def _worker(work_fn: Any, errors: Any, *args: Any) -> None:
-    """An FFCV writer process that reports why it died (e.g. ``ENOSPC`` writing a page)."""
+    """An FFCV writer process that reports why it died (e.g. ``ENOSPC`` writing a page) to its
+    parent, which raises it in one line: no traceback of its own on stderr."""
     try:
         work_fn(*args)
     except BaseException as e:
-        errors.put(f"{type(e).__name__}: {e}")
-        raise
+        errors.put((getattr(e, "errno", None), f"{type(e).__name__}: {e}"))
+        errors.close()
+        errors.join_thread()
+        sys.exit(1)
 
 
 def _supervised_writer() -> type:
@@ -144,10 +154,11 @@ def _supervised_writer() -> type:
                 failed = [p for p in procs if p.exitcode not in (None, 0)]
                 if failed:
                     try:
-                        reason = errors.get(timeout=1.0)
+                        code, reason = errors.get(timeout=1.0)
                     except queue_mod.Empty:
-                        reason = f"exit code {failed[0].exitcode}"
-                    raise OSError(f"an FFCV writer process failed writing {self.fname}: {reason}")
+                        code, reason = None, f"exit code {failed[0].exitcode}"
+                    what = f"an FFCV writer process failed writing {self.fname}: {reason}"
+                    raise OSError(code, what) if code else OSError(what)
 
             try:
                 for p in procs:
@@ -178,6 +189,21 @@ def _supervised_writer() -> type:
     return SupervisedWriter
 
 
+def check_destination(path: Path, overwrite: bool) -> None:
+    """Fail before anything is written: ``path`` is a folder, exists (without ``overwrite``), or
+    lies under a file or a folder that cannot be written."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder (valid: the path of a .beton file to write)")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder "
+                                 "(valid: a path under a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: folder {parent} is not writable")
+
+
 def write_beton(
     dataset: Any,
     path: str | os.PathLike,
@@ -188,25 +214,31 @@ def write_beton(
     jpeg_quality: int = 90,
     num_workers: int = 2,
     overwrite: bool = False,
+    name: str | None = None,
+    split: str | None = None,
+    source: str | None = None,
 ) -> Path:
-    """Write ``dataset`` (items ``(image, label)``) to ``path``; returns the path.
+    """Write ``dataset`` (items ``(image, label)``) to ``path`` and its identity to ``<path>.json``
+    (see ``beton_identity``); returns the path.
 
     Args:
         gray: store single-channel images exactly as ``uint8`` ``[H, W]`` arrays (MNIST-like).
         write_mode: RGB storage: ``raw`` pixels, ``jpg``, or FFCV's ``smart``/``proportion`` mix.
         max_resolution: downscale RGB images so the longer side is at most this (ImageNet: 256-512).
         jpeg_quality: JPEG quality for compressed images.
+        name, split: the registered data set and split the file holds (recorded in its identity).
+        source: where the images come from when ``name`` is not a registered data set.
     """
     _require_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    check_destination(path, overwrite)
     if len(dataset) == 0:
         raise ValueError("cannot write an empty data set")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    remove_stale_temps(path.parent, ("partial", "errors"))  # left by writers that were killed
+    tmp = temp_path(path, "partial")
     errors = tmp.with_suffix(".errors")
     adapted = _Adapter(dataset, gray, errors)
     first = adapted.read(0)[0]
@@ -220,7 +252,13 @@ def write_beton(
     try:
         writer = _supervised_writer()(str(tmp), {"image": image_field, "label": IntField()},
                                       num_workers=num_workers)
-        writer.from_indexed_dataset(adapted)
+        try:
+            writer.from_indexed_dataset(adapted)
+        except OSError as e:
+            if no_space(e):
+                raise OSError(f"no space left on {path.parent} while writing {path.name}; nothing "
+                              "was written (valid: a folder with free space)") from None
+            raise
         if errors.exists():
             lines = errors.read_text().splitlines()
             raise DataFileError(f"{len(lines)} sample(s) could not be read, {path} not written: {lines[0]}")
@@ -232,6 +270,9 @@ def write_beton(
     finally:
         tmp.unlink(missing_ok=True)
         errors.unlink(missing_ok=True)
+    write_identity(path, dataset=name, split=split, source=source,
+                   write_mode="raw" if gray else write_mode, max_resolution=None if gray else max_resolution,
+                   jpeg_quality=jpeg_quality)
     return path
 
 

@@ -8,6 +8,7 @@ in torchvision's layout (``scripts/fetch_data.sh`` lays out MNIST and Fashion-MN
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from collections.abc import Callable
@@ -17,15 +18,18 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from lightning_snn.checkpoints import check_data_settings
+from lightning_snn.data.beton_identity import Expected, check_contents
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
-from lightning_snn.errors import DataFileError
+from lightning_snn.errors import DataFileError, UsageError
 from lightning_snn.registry import Registry
 
 
@@ -129,6 +133,10 @@ for _name, _spec in {
     DATASETS.register(_name)(lambda _s=_spec: _s)
 
 
+# settings that define a training run (besides normalisation and event frames, see run_settings)
+RUN_SETTINGS = ("dataset", "val_size", "seed", "batch_size", "augment", "cutout")
+
+
 class VisionDataModule(pl.LightningDataModule):
     """Train / val / test loaders for a registered image data set.
 
@@ -227,6 +235,7 @@ class VisionDataModule(pl.LightningDataModule):
         self.data_test: Dataset | None = None
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
         self._opened: dict[tuple[bool, bool], Dataset] = {}  # (train, augment) -> opened split
+        self._noted: set[str] = set()  # how each .beton was checked, said once
 
     @property
     def num_classes(self) -> int:
@@ -310,23 +319,64 @@ class VisionDataModule(pl.LightningDataModule):
                     write_beton(data, path, gray=self.spec.ffcv_pipeline == "gray",
                                 write_mode=self.hparams.ffcv_write_mode,
                                 max_resolution=self.hparams.ffcv_max_resolution,
-                                num_workers=max(1, self.hparams.num_workers))
+                                num_workers=max(1, self.hparams.num_workers),
+                                name=self.hparams.dataset, split="train" if train else "test")
+                if self.backend == "ffcv":  # the labels of the source data set are at hand here
+                    check_beton(path)
+                    self._check_beton_contents(train, getattr(data, "targets", None))
         # Lightning calls this before any logger or checkpoint directory is created: a damaged
-        # file of any split stops the run here, with nothing written.
+        # file of any split, or a file of other data, stops the run here, with nothing written.
         self._check_splits(self.trainer.state.fn if self.trainer is not None else None)
+
+    def _check_beton_contents(self, train: bool, labels: Any = None) -> None:
+        """The split's ``.beton`` holds this data set's split (``beton_identity.check_contents``)."""
+        spec, hp = self.spec, self.hparams
+        _, h, w = spec.input_shape
+        gray = spec.ffcv_pipeline == "gray"
+        shape = (h, w) if gray else (h, w, 3) if spec.ffcv_pipeline == "cifar" and not hp.ffcv_max_resolution else None
+        path = self.beton_path(train)
+        note = check_contents(path, Expected(hp.dataset, "train" if train else "test", gray, shape,
+                                             hp.ffcv_write_mode, hp.ffcv_max_resolution), labels)
+        if note not in self._noted:
+            self._noted.add(note)
+            if "no identity file" in note:
+                warnings.warn(note)
+            else:
+                rank_zero_info(note)
 
     def _check_splits(self, stage: str | None) -> None:
         """Open (and for FFCV, check) every split ``stage`` uses: fit and validate use the
         training and the test split (the test after fit too), test / predict the test split."""
         splits = (False,) if stage in ("test", "predict") else (True, False)
         if self.backend == "ffcv":
+            sizes = {train: check_beton(self.beton_path(train)) for train in (True, False)}
             for train in (True, False):
-                check_beton(self.beton_path(train))
-            return
-        for train in splits:
-            key = (train, train and self.hparams.augment)
-            if key not in self._opened:
-                self._opened[key] = self._open(train=train, augment=key[1])
+                self._check_beton_contents(train)
+        else:
+            for train in splits:
+                key = (train, train and self.hparams.augment)
+                if key not in self._opened:
+                    self._opened[key] = self._open(train=train, augment=key[1])
+            sizes = {True: len(self._opened[(True, self.hparams.augment)])} if True in splits else {}
+        if stage == "fit" and self.trainer is not None:  # a fit, not a look at the data
+            self._check_trains_something(sizes[True])
+
+    def _check_trains_something(self, n: int) -> None:
+        """Fit drops the last partial batch: every process needs one whole training batch, and the
+        trainer must not limit training to nothing (Lightning would skip it and still test)."""
+        hp, trainer = self.hparams, self.trainer
+        if hp.val_size >= n:
+            raise ValueError(f"val_size {hp.val_size} >= training set size {n} (valid: 0 to {n - 1})")
+        world = trainer.world_size
+        per_process = math.ceil((n - hp.val_size) / world)  # DistributedSampler pads to equal shares
+        if hp.batch_size > per_process:
+            split = f"{n - hp.val_size:,} images of {hp.dataset!r} after val_size {hp.val_size}"
+            split += f", {per_process:,} per process of {world}" if world > 1 else ""
+            raise UsageError(f"data.batch_size {hp.batch_size} is larger than the training split ({split}): "
+                             f"fit would train on 0 batches (valid: data.batch_size <= {per_process})")
+        if trainer.limit_train_batches == 0:
+            raise UsageError("trainer.limit_train_batches 0: fit would train on nothing (valid: > 0; "
+                             "`validate` or `test` evaluate without training)")
 
     def _split(self, n: int) -> tuple[list[int], list[int]]:
         """Training and validation indices of the training split (``val_size`` held out)."""
@@ -411,14 +461,29 @@ class VisionDataModule(pl.LightningDataModule):
             position=self._train_position if trainer is not None else None,
         )
 
+    def run_settings(self) -> dict[str, Any]:
+        """The data settings that define a training run, whatever the back end: the data set, its
+        split (``val_size``, ``seed``), ``batch_size``, augmentation, event frames, normalisation."""
+        hp = self.hparams
+        out = {k: hp[k] for k in RUN_SETTINGS}
+        out["frames"] = hp.frames if self.spec.events is not None else None  # images: unused
+        out["mean"], out["std"] = list(self.spec.mean), list(self.spec.std)
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: where the training loop is, to resume mid-epoch exactly."""
-        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
-            return {}
-        return {"train_position": list(self._train_position())}
+        """Saved in every checkpoint: the run's data settings, and where the training loop is, to
+        resume mid-epoch exactly."""
+        state: dict[str, Any] = {"data": self.run_settings()}
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            state["train_position"] = list(self._train_position())
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Called by Lightning on resume, before it builds the train loader."""
+        """Called by Lightning on resume, before it builds the train loader. A fit never continues
+        on other data: the position counts batches of the checkpoint's size, so it is not recomputed."""
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and state_dict.get("data"):
+            check_data_settings(state_dict["data"], self.run_settings(), "being resumed", "fit")
         if "train_position" in state_dict:
             self._resume_position = tuple(state_dict["train_position"])
 

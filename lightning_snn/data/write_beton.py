@@ -5,7 +5,9 @@
         --write_mode jpg --max_resolution 256 --jpeg_quality 90
 
 A registered data set (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``) is read from
-``root`` with torchvision; ``--image_folder`` takes any ImageNet-style ``class/image`` tree.
+``root`` with torchvision; ``--image_folder`` takes any ImageNet-style ``class/image`` tree. The
+file's identity (data set, split, fields, fingerprint) is written beside it as ``<out>.json``; the
+destination is checked before anything is read or written.
 Bad input is one line on stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``: the
 traceback).
 """
@@ -19,7 +21,7 @@ from typing import Literal
 from jsonargparse import CLI
 from torchvision import datasets
 
-from lightning_snn.data.ffcv import write_beton
+from lightning_snn.data.ffcv import check_destination, write_beton
 from lightning_snn.data.vision import DATASETS, VisionDataModule, named_image_loader
 from lightning_snn.errors import USER_ERRORS, UsageError, run_main
 
@@ -63,6 +65,7 @@ def main(
         raise UsageError(f"--max_resolution {max_resolution} (valid: an integer >= 1, or none)")
     if not 1 <= jpeg_quality <= 100:
         raise UsageError(f"--jpeg_quality {jpeg_quality} (valid: 1 to 100)")
+    check_destination(Path(out), overwrite)  # before reading any data
     if image_folder is not None:
         if not Path(image_folder).is_dir():
             raise FileNotFoundError(f"--image_folder {image_folder} does not exist (valid: a folder of "
@@ -73,8 +76,10 @@ def main(
         data = dm._open(train=split == "train", augment=False, transform=False)
         gray = dm.spec.ffcv_pipeline == "gray"
     path = write_beton(data, out, gray=gray, write_mode=write_mode, max_resolution=max_resolution,
-                       jpeg_quality=jpeg_quality, num_workers=num_workers, overwrite=overwrite)
-    print(f"wrote {len(data)} samples to {path}")
+                       jpeg_quality=jpeg_quality, num_workers=num_workers, overwrite=overwrite,
+                       name=dataset, split=split if dataset else None,
+                       source=str(Path(image_folder).resolve()) if image_folder else None)
+    print(f"wrote {len(data)} samples to {path} (what it holds: {path}.json)")
 
 
 def cli(argv: list[str] | None = None) -> int:
