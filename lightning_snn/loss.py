@@ -3,9 +3,12 @@ whole-sequence and online strategies alike.
 
 With per-step outputs ``o[t]`` (``[T, B, classes]``), labels ``y`` and the term
 
-    l(o, y) = (1 - mse_weight) CE(o, y) + mse_weight MSE(o, onehot(y))
+    l(o, y) = (1 - mse_weight) CE(o, y) + mse_weight MSE(o, c(y))
 
-(``mse_weight`` is OTTT's ``loss_lambda``; 0 is plain cross-entropy) the loss is
+(``mse_weight`` is OTTT's and SLTT's ``loss_lambda``; 0 is plain cross-entropy; the MSE is the mean
+over all entries) with the target ``c(y)`` = ``onehot(y)`` (``mse_target: one_hot``, OTTT's) or
+a tensor filled with one number (``mse_target: 1.0``: SLTT's default ``loss_means``, a regulariser
+pulling every score toward 1) the loss is
 
     L = l(mean_t o[t], y)                  time-mean (``per_step = False``)
     L = sum_t l(o[t], y) / T               mean of per-step losses (``per_step = True``)
@@ -17,14 +20,20 @@ whose sum is the per-step form: it can only train on that one, and says so
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
     from lightning_snn.strategies.base import GradientStrategy
+
+
+# a number or "one_hot" (str, not a Literal: a bad word reaches the check below, which names it)
+MSETarget = Union[float, str]
 
 
 @dataclass
@@ -33,23 +42,33 @@ class LossConfig:
         per_step: mean of the per-step losses (``true``) or the loss of the time-averaged output
             (``false``); ``null`` takes what the strategy trains on (the time-mean for
             whole-sequence strategies, per-step for online ones).
-        mse_weight: weight lambda of the MSE-to-one-hot term, in [0, 1] (OTTT's ``loss_lambda``).
+        mse_weight: weight lambda of the MSE term, in [0, 1] (OTTT's / SLTT's ``loss_lambda``).
+        mse_target: the MSE term's target: ``one_hot`` (the label, OTTT's) or a number ``c``
+            (every score pulled toward ``c``; SLTT's default ``loss_means`` is 1.0).
     """
 
     per_step: bool | None = None
     mse_weight: float = 0.0
+    mse_target: MSETarget = "one_hot"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mse_weight <= 1.0:
             raise ValueError(f"loss mse_weight must be in [0, 1], got {self.mse_weight}")
+        t = self.mse_target
+        if t != "one_hot" and (isinstance(t, bool) or not isinstance(t, (int, float))
+                               or not math.isfinite(t)):
+            raise ValueError(f"loss mse_target must be 'one_hot' or a finite number (e.g. 1.0), "
+                             f"got {t!r}")
 
 
 class SpikingLoss:
     """The loss ``L`` of the module docstring, resolved for one strategy."""
 
-    def __init__(self, per_step: bool = False, mse_weight: float = 0.0) -> None:
-        LossConfig(per_step, mse_weight)  # validates
+    def __init__(self, per_step: bool = False, mse_weight: float = 0.0,
+                 mse_target: MSETarget = "one_hot") -> None:
+        LossConfig(per_step, mse_weight, mse_target)  # validates
         self.per_step, self.mse_weight = per_step, mse_weight
+        self.mse_target = mse_target if mse_target == "one_hot" else float(mse_target)
 
     @classmethod
     def for_strategy(cls, strategy: "GradientStrategy", config: LossConfig | None = None) -> "SpikingLoss":
@@ -64,14 +83,17 @@ class SpikingLoss:
                 f"cannot honour loss.per_step={config.per_step}; leave it unset (null) or set {needs}"
             )
         per_step = config.per_step if config.per_step is not None else bool(needs)
-        return cls(per_step, config.mse_weight)
+        return cls(per_step, config.mse_weight, config.mse_target)
 
     def term(self, out: Tensor, y: Tensor) -> Tensor:
-        """l(o, y) = (1 - lambda) CE(o, y) + lambda MSE(o, onehot(y)) for scores ``[B, classes]``."""
+        """l(o, y) = (1 - lambda) CE(o, y) + lambda MSE(o, c(y)) for scores ``[B, classes]``."""
         loss = F.cross_entropy(out, y)
         if self.mse_weight > 0:
-            onehot = F.one_hot(y, out.shape[-1]).to(out.dtype)
-            loss = (1.0 - self.mse_weight) * loss + self.mse_weight * F.mse_loss(out, onehot)
+            if self.mse_target == "one_hot":
+                target = F.one_hot(y, out.shape[-1]).to(out.dtype)
+            else:
+                target = torch.full_like(out, self.mse_target)
+            loss = (1.0 - self.mse_weight) * loss + self.mse_weight * F.mse_loss(out, target)
         return loss
 
     def __call__(self, out: Tensor, y: Tensor) -> Tensor:
@@ -88,4 +110,5 @@ class SpikingLoss:
         return self.term(out, y) / T
 
     def __repr__(self) -> str:
-        return f"SpikingLoss(per_step={self.per_step}, mse_weight={self.mse_weight})"
+        return (f"SpikingLoss(per_step={self.per_step}, mse_weight={self.mse_weight}, "
+                f"mse_target={self.mse_target!r})")

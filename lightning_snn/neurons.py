@@ -51,10 +51,17 @@ def _rectangle_grad(x: Tensor, alpha: float) -> Tensor:
     return alpha * (x.abs() < 0.5 / alpha).to(x.dtype)
 
 
+def _triangle_grad(x: Tensor, alpha: float) -> Tensor:
+    # triangle of half-width 1/alpha and height alpha: max(0, alpha - alpha^2 |x|), the derivative
+    # of SpikingJelly's PiecewiseQuadratic (SLTT's `triangle`; alpha = 1: max(0, 1 - |x|))
+    return (alpha - (alpha * alpha) * x.abs()).clamp(min=0.0)
+
+
 SURROGATES: dict[str, Callable[[Tensor, float], Tensor]] = {
     "sigmoid": _sigmoid_grad,
     "atan": _atan_grad,
     "rectangle": _rectangle_grad,
+    "triangle": _triangle_grad,
 }
 
 
@@ -94,8 +101,10 @@ class NeuronConfig:
         leak: membrane leak lambda in (0, 1]; 1 is the IF neuron.
         trainable_threshold: learn one threshold per neuron layer.
         threshold_floor: a trainable threshold is kept at or above this value (> 0).
-        surrogate: pseudo-derivative of the spike: ``sigmoid``, ``atan`` or ``rectangle``.
-        surrogate_alpha: sharpness of the surrogate (``rectangle`` has width ``1/alpha``).
+        surrogate: pseudo-derivative of the spike: ``sigmoid``, ``atan``, ``rectangle`` or
+            ``triangle``.
+        surrogate_alpha: sharpness of the surrogate (``rectangle`` has width ``1/alpha``,
+            ``triangle`` half-width ``1/alpha`` and height ``alpha``).
         detach_reset: cut the gradient through the reset term ``Vth * s[t]``.
         backend: what runs the multi-step dynamics: ``triton`` (fused kernels, one custom op per
             layer: see ``lightning_snn.kernels``), ``torch`` (the loop over T below, the

@@ -14,6 +14,9 @@ SMOOTH = {
     "sigmoid": lambda x, a: torch.sigmoid(a * x),
     "atan": lambda x, a: torch.atan(torch.pi / 2 * a * x) / torch.pi,
     "rectangle": lambda x, a: torch.clamp(a * x, -0.5, 0.5),
+    # SpikingJelly's PiecewiseQuadratic less 1/2: a x - a^2 x |x| / 2 on |x| <= 1/a, +-1/2 outside
+    "triangle": lambda x, a: torch.where(x.abs() <= 1 / a, a * x - a * a * x * x.abs() / 2,
+                                         0.5 * torch.sign(x)),
 }
 
 
@@ -45,7 +48,7 @@ def unrolled(params, x, y, T, cfg):
     return F.cross_entropy(torch.stack(outs).mean(0), y)
 
 
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rectangle"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rectangle", "triangle"])
 @pytest.mark.parametrize("leak, detach_reset", [(1.0, False), (0.8, False), (0.8, True)])
 @pytest.mark.parametrize("T", [1, 3, 5])
 def test_bptt_gradient_equals_unrolled(surrogate, leak, detach_reset, T):

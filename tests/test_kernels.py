@@ -28,7 +28,7 @@ from lightning_snn.strategies.dsr import dsr_dynamics
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 REL = 1e-5  # fp32 tolerance (relative to the largest reference value)
-ALPHA = {"sigmoid": 4.0, "atan": 2.0, "rectangle": 1.0}
+ALPHA = {"sigmoid": 4.0, "atan": 2.0, "rectangle": 1.0, "triangle": 1.5}
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 pytestmark = pytest.mark.skipif(
@@ -100,7 +100,7 @@ def compare(x, grad, **opts):
 
 # ------------------------------------------------------------------------ every option, T, blocks
 @pytest.mark.parametrize("T", [1, 3, 8])
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rectangle"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "rectangle", "triangle"])
 @pytest.mark.parametrize("detach_reset,trainable,leak",
                          [(False, True, 1.0), (True, True, 0.8), (False, False, 0.8), (True, False, 1.0)])
 def test_matches_torch_loop(T, surrogate, detach_reset, trainable, leak):
@@ -240,7 +240,7 @@ def test_dsr_forward_on_the_kernel(dtype, leak, alpha, spike_value):
 def test_torch_twin_of_the_kernels_matches_autograd():
     """The op's torch loop (CPU without the interpreter) against the autograd reference."""
     x, grad = inputs(4, 3, 70, seed=6)
-    for surrogate in ("sigmoid", "atan", "rectangle"):
+    for surrogate in ("sigmoid", "atan", "rectangle", "triangle"):
         for detach_reset in (False, True):
             s_ref, gx_ref, gth_ref = run(lif("torch", surrogate, detach_reset, leak=0.9), x, grad)
             vth = torch.tensor(0.8, device=DEV)

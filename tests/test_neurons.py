@@ -82,6 +82,7 @@ CLOSED_FORMS = {
     "sigmoid": lambda x, a: a * math.exp(-a * x) / (1 + math.exp(-a * x)) ** 2,
     "atan": lambda x, a: a / 2 / (1 + (math.pi / 2 * a * x) ** 2),
     "rectangle": lambda x, a: a if abs(x) < 1 / (2 * a) else 0.0,
+    "triangle": lambda x, a: max(0.0, a - a * a * abs(x)),
 }
 
 

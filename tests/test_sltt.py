@@ -247,3 +247,75 @@ def test_sltt_k_under_two_process_ddp_equals_one_process_with_one_allreduce_per_
     drawn = calls["backward_steps_per_rank"]
     assert drawn[0] == drawn[1] == results[1][1]["backward_steps_per_rank"][0]
     assert all(len(set(s)) == 2 for s in drawn[0]) and any(4 not in s for s in drawn[0]), drawn
+
+
+def test_official_sltt_loss_and_gradient_by_hand():
+    """The official SLTT setting: triangle surrogate max(0, 1 - |h - Vth|), leak 1 - 1/1.1, the
+    per-step loss [(1 - lam) CE(o_t, y) + lam MSE(o_t, 1)] / T with a constant target of ones.
+    Gradient written out by hand for Linear -> LIF -> Linear (no autograd): with
+    e_t = dL_t/do_t = [(1 - lam)(softmax(o_t) - onehot(y)) / B + lam 2 (o_t - 1) / (B C)] / T,
+    dW2 = sum_t e_t^T s_t, dh_t = (e_t W2) max(0, 1 - |h_t - Vth|) (no temporal route) and
+    dW1 = sum_t dh_t^T x."""
+    from lightning_snn.loss import LossConfig
+
+    lam, T, leak = 0.05, 3, 1 - 1 / 1.1
+    torch.manual_seed(0)
+    cfg = NeuronConfig(threshold=1.0, leak=leak, surrogate="triangle", surrogate_alpha=1.0)
+    net = MODELS.build("mlp", input_shape=(3,), num_classes=4, neuron=cfg, hidden=(6,),
+                       batch_norm=False).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64) * 1.5 + 0.5
+    y = torch.tensor([0, 1, 2, 3, 1])
+    loss_fn = SpikingLoss.for_strategy(STRATEGIES.build("sltt", T=T),
+                                       LossConfig(mse_weight=lam, mse_target=1.0))
+    net.zero_grad()
+    loss, out = STRATEGIES.build("sltt", T=T).train_step(net, x, y, loss_fn)
+
+    lin1, lin2 = [m for m in net.modules() if isinstance(m, TraceLinear)]
+    W1, b1, W2, b2 = (p.detach() for p in (lin1.weight, lin1.bias, lin2.weight, lin2.bias))
+    B, C = 5, 4
+    onehot = F.one_hot(y, C).double()
+    v = torch.zeros(B, 6, dtype=torch.float64)
+    total, gW1, gb1, gW2, gb2 = 0.0, 0 * W1, 0 * b1, 0 * W2, 0 * b2
+    for t in range(T):
+        h = leak * v + x @ W1.T + b1
+        s = (h >= 1.0).double()
+        v = h - s
+        o = s @ W2.T + b2
+        torch.testing.assert_close(out[t], o, **TOL)
+        logp = o - o.exp().sum(1, keepdim=True).log()
+        total += ((1 - lam) * -(logp * onehot).sum(1).mean() + lam * ((o - 1) ** 2).mean()) / T
+        e = ((1 - lam) * (logp.exp() - onehot) / B + lam * 2 * (o - 1) / (B * C)) / T
+        gW2, gb2 = gW2 + e.T @ s, gb2 + e.sum(0)
+        dh = (e @ W2) * (1 - (h - 1.0).abs()).clamp(min=0)
+        gW1, gb1 = gW1 + dh.T @ x, gb1 + dh.sum(0)
+    torch.testing.assert_close(loss, torch.as_tensor(total, dtype=torch.float64), **TOL)
+    for p, ref in ((lin1.weight, gW1), (lin1.bias, gb1), (lin2.weight, gW2), (lin2.bias, gb2)):
+        assert ref.abs().max() > 1e-3  # a real gradient in every layer
+        torch.testing.assert_close(p.grad, ref, **TOL)
+    # the constant target is not the one-hot one: the gradient differs
+    net.zero_grad()
+    STRATEGIES.build("sltt", T=T).train_step(net, x, y, SpikingLoss(per_step=True, mse_weight=lam))
+    assert (lin2.bias.grad - gb2).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("target", ["ones", True, float("nan"), None])
+def test_bad_mse_target_is_a_clear_error(target):
+    from lightning_snn.loss import LossConfig
+
+    with pytest.raises(ValueError, match="loss mse_target must be 'one_hot' or a finite number"):
+        LossConfig(mse_weight=0.1, mse_target=target)
+
+
+@pytest.mark.parametrize("config", ["cifar10_resnet18_sltt.yaml", "reference/imagenet_nfresnet34_sltt.yaml"])
+def test_sltt_paper_configs_carry_the_official_neuron_and_loss(config):
+    """tau 1.1 with the official charge v (1 - 1/tau) + x: leak exactly 1 - 1/1.1 in float64;
+    triangle surrogate with alpha 1; the MSE target a constant 1.0 (``loss_means``)."""
+    from pathlib import Path
+
+    import yaml
+
+    model = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / config).read_text())["model"]
+    assert model["neuron"]["leak"] == 1 - 1 / 1.1
+    assert (model["neuron"]["surrogate"], model["neuron"]["surrogate_alpha"]) == ("triangle", 1.0)
+    assert model["loss"]["mse_target"] == 1.0

@@ -1,6 +1,7 @@
-"""SPIDE: the spiking adjoint's parameter gradient against the exact implicit gradient (dense solve
-of ``(I - J^T) beta = dL/da``, tests/spide_fixture.py) as the backward time T_b grows; the
-strategy on the feedback models; bad options."""
+"""SPIDE: the spiking adjoint's parameter gradient against the official rule computed by a dense
+solve of ``(I - J^T) beta = dL/da`` with the rate mask ``1[0 < a < 1]`` on the forward rates
+(tests/spide_fixture.py) as the backward time T_b grows, and by hand on a net where the rate mask
+and the map's clamp mask disagree; the strategy on the feedback models; bad options."""
 
 import pytest
 import torch
@@ -9,17 +10,18 @@ import torch.nn.functional as F
 from lightning_snn.models import MODELS
 from lightning_snn.neurons import NeuronConfig
 from lightning_snn.strategies import STRATEGIES
-from spide_fixture import exact_gradient, implicit_params, implicit_parts, relative_errors, small_net
+from spide_fixture import rate_mask_gradient, relative_errors, small_net, snn_rates
 
 
-def test_spide_gradient_approaches_the_implicit_gradient_single_layer():
-    err = relative_errors("f_mlp", [50, 100, 250])
+@pytest.mark.parametrize("name", ["f_mlp", "f_conv"])
+def test_spide_gradient_approaches_the_rate_mask_gradient_single_layer(name):
+    err = relative_errors(name, [50, 100, 250])
     # rate resolution c / T_b = 1 / T_b against |beta| <= 0.5: about 1/(2 T_b) per unit
     assert err[50] > err[100] > err[250]
     assert err[250] < 0.01, err
 
 
-def test_spide_gradient_approaches_the_implicit_gradient_multilayer():
+def test_spide_gradient_approaches_the_rate_mask_gradient_multilayer():
     err = relative_errors("multilayer_f", [50, 250, 1000])
     assert err[50] > err[250] > err[1000]
     assert err[250] < 0.02 and err[1000] < 0.005, err  # five layers of quantised backward spikes
@@ -27,9 +29,8 @@ def test_spide_gradient_approaches_the_implicit_gradient_multilayer():
 
 def test_spide_gradient_of_a_feed_forward_net_with_zero_feedback():
     """SNNZero (LeNet): J = 0 at the last layer, the adjoint still crosses three layers of
-    backward spikes. The first layer's adjoint is ~100x smaller than the last one's (rates about
-    0.005 at this loss scale): below the resolution 1/T_b it is mostly lost, so the error falls
-    slowly until T_b resolves it, then like 1/T_b."""
+    backward spikes. The first layer's adjoint is much smaller than the last one's: below the
+    resolution 1/T_b it is mostly lost, so the error falls slowly until T_b resolves it."""
     err = relative_errors("lenet_zero", [50, 250, 1000])
     assert err[50] > err[250] > err[1000]
     assert err[1000] < 0.06, err
@@ -39,14 +40,64 @@ def test_the_feedback_term_matters():
     """Without the feedback adjoint (beta = dL/da) the gradient is far from the implicit one: the
     tolerance above would catch a SPIDE that dropped or flipped J^T."""
     net, x, y = small_net("f_mlp")
-    exact, _ = exact_gradient(net, x, y)
-    ctx, a_star = implicit_parts(net, x)
-    a = a_star.detach().requires_grad_()
-    (g,) = torch.autograd.grad(F.cross_entropy(net.readout(a), y), a)
-    params = [p for _, p in implicit_params(net)]
-    naive = torch.autograd.grad(net.equilibrium_map(a_star, ctx, bn="batch"), params, g)
-    naive = torch.cat([t.flatten() for t in naive])
+    exact, _ = rate_mask_gradient(net, x, y)
+    naive, _ = rate_mask_gradient(net, x, y, feedback=False)
     assert (naive - exact).norm() / exact.norm() > 0.1
+
+
+def two_unit_net(w_fb):
+    """F-MLP with 2 units, no batch norm, input 1: unit 0 gets 0.01 per step (silent for T = 30,
+    rate 0, while its map value 0.01 + W_01 a_1 lies inside (0, 1)), unit 1 gets 0.5."""
+    torch.manual_seed(0)
+    net = MODELS.build("f_mlp", input_shape=(1, 1, 1), num_classes=3, neuron=NeuronConfig(threshold=1.0),
+                       hidden=2, batch_norm=False).double().train()
+    lin, fb = net.input[0][1], net.feedback
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.005], [0.3]]))
+        lin.bias.copy_(torch.tensor([0.005, 0.2]))
+        w = torch.tensor(w_fb, dtype=torch.float64)
+        u, sv, vh = torch.linalg.svd(w)  # exact singular vectors: the restricted weight is w itself
+        fb.op.weight.copy_(w)
+        fb.u.copy_(u[:, 0])
+        fb.v.copy_(vh[0])
+        fb.gain.fill_(float(sv[0]))
+        net.classifier.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0], [-1.0, 0.3]]))
+        net.classifier.bias.zero_()
+    return net, torch.ones(1, 1, 1, 1, dtype=torch.float64), torch.tensor([0])
+
+
+def test_rate_mask_where_it_disagrees_with_the_map_mask_by_hand():
+    """The official mask is on the forward rate: a unit silent in the SNN passes no gradient, even
+    though its map value is inside (0, 1) (the clamp mask would pass it). By hand, with
+    m = (0, 1), Vth = 1, g = dL/da: beta_1 = g_1 / (1 - W_11) (the W_01 route is masked), and
+    the input layer's gradient is (0, beta_1) for the bias and the weight (input 1)."""
+    W = [[0.0, 0.01], [0.2, 0.4]]
+    net, x, y = two_unit_net(W)
+    ctx, (a,) = snn_rates(net, x)
+    assert float(a[0, 0]) == 0.0 and 0.0 < float(a[0, 1]) < 1.0  # unit 0 silent, unit 1 inside
+    z0 = 0.01 + W[0][1] * float(a[0, 1])  # unit 0's map value
+    assert 0.0 < z0 < 1.0
+    with torch.no_grad():
+        p = torch.softmax(net.classifier(a), -1)[0]
+    g = net.classifier.weight.detach().T @ (p - F.one_hot(y, 3)[0].double())  # dL/da by hand
+    beta1 = float(g[1]) / (1.0 - W[1][1])
+    expected = torch.tensor([0.0, beta1], dtype=torch.float64)
+
+    dense, beta_max = rate_mask_gradient(net, x, y)
+    lin = net.input[0][1]
+    n_w = lin.weight.numel()
+    # the dense reference's input-layer part (weight, then bias), as named by implicit_params
+    torch.testing.assert_close(dense[:n_w], expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(dense[n_w:n_w + 2], expected, rtol=1e-12, atol=1e-15)
+
+    strat = STRATEGIES.build("spide", T=30, T_b=2000, grad_scale=0.5 / beta_max)
+    out = strat.forward(net, x)
+    F.cross_entropy(out.mean(0), y).backward()
+    assert float(lin.bias.grad[0]) == 0.0 and float(lin.weight.grad[0, 0]) == 0.0  # masked exactly
+    torch.testing.assert_close(lin.bias.grad, expected, rtol=5e-3, atol=0.0)
+    torch.testing.assert_close(lin.weight.grad[:, 0], expected, rtol=5e-3, atol=0.0)
+    # the map's clamp mask would give unit 0 the gradient beta_0 = g_0 + W_10 beta_1 (not 0)
+    assert abs(float(g[0]) + W[1][0] * beta1) > 0.05
 
 
 @pytest.mark.parametrize("name, shape", [("f_conv", (1, 8, 8)), ("alexnet_f", (3, 8, 8)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_snn.kernels.common import ATAN, RECTANGLE, SIGMOID, state_dtype
+from lightning_snn.kernels.common import ATAN, RECTANGLE, SIGMOID, TRIANGLE, state_dtype
 
 
 def _rows(x: Tensor) -> list[Tensor]:
@@ -26,6 +26,8 @@ def surrogate_grad(u: Tensor, kind: int, c0: float, c1: float) -> Tensor:
         return c0 / (1.0 + (c1 * u) ** 2)
     if kind == RECTANGLE:
         return c0 * (u.abs() < c1).to(u.dtype)
+    if kind == TRIANGLE:
+        return (c0 - c1 * u.abs()).clamp(min=0.0)
     raise ValueError(f"unknown surrogate id {kind}")
 
 

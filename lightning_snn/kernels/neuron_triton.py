@@ -29,18 +29,22 @@ from triton.runtime.interpreter import InterpretedFunction
 
 @triton.jit
 def _surrogate(u, c0, c1, SURROGATE: tl.constexpr):
-    # ids and constants: lightning_snn.kernels.common (SIGMOID = 0, ATAN = 1, RECTANGLE = 2)
+    # ids and constants: lightning_snn.kernels.common (SIGMOID = 0, ATAN = 1, RECTANGLE = 2,
+    # TRIANGLE = 3)
     # sigmoid:   c0 = alpha:            alpha * sig(alpha u) * (1 - sig(alpha u))
     # atan:      c0 = alpha / 2, c1 = pi / 2 * alpha:   c0 / (1 + (c1 u)^2)
     # rectangle: c0 = alpha, c1 = 0.5 / alpha:          c0 * [|u| < c1]
+    # triangle:  c0 = alpha, c1 = alpha^2:              max(0, c0 - c1 |u|)
     if SURROGATE == 0:
         sig = tl.sigmoid(c0 * u)
         return c0 * sig * (1.0 - sig)
     elif SURROGATE == 1:
         z = c1 * u
         return c0 / (1.0 + z * z)
-    else:
+    elif SURROGATE == 2:
         return tl.where(tl.abs(u) < c1, c0, 0.0)
+    else:
+        return tl.maximum(c0 - c1 * tl.abs(u), 0.0)
 
 
 @triton.jit

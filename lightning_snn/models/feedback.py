@@ -192,6 +192,13 @@ class FeedbackSNN(SpikingNet):
         firing rate of the last layer. Differentiable through surrogates when grad is enabled.
         ``step(layer, current)`` replaces the layers' own single-step dynamics (it keeps the
         state itself; a fresh one per call)."""
+        return self.simulate_layers(ctx, bn, step, every_layer=False)[-1]
+
+    def simulate_layers(self, ctx: FeedbackContext, bn: BNMode = "running",
+                        step: Callable[[SpikingNeuron, Tensor], Tensor] | None = None,
+                        every_layer: bool = True) -> list[Tensor]:
+        """:meth:`simulate`, returning the weighted firing rate of every layer ``[a_1, ..., a_L]``
+        (``every_layer=False``: only ``[a_L]``, nothing accumulated for the others)."""
         step = step or (lambda layer, i: layer.step(i))
         for n in self.neurons:
             n.reset_state()
@@ -199,22 +206,27 @@ class FeedbackSNN(SpikingNet):
         leak = self.neurons[-1].leak_value()
         # weighted rate accumulated online, a = sum_t leak^(T-1-t) s[t] / sum_k leak^k, through
         # acc[t] = leak * acc[t-1] + s[t]: no [T, B, ...] stack, so memory does not grow with T
-        acc: Tensor | None = None
+        L = len(self.neurons)
+        kept = range(L) if every_layer else range(L - 1, L)
+        acc: dict[int, Tensor] = {}
         s_last: Tensor | None = None
         for t in range(T):
             i1 = ctx.current_at(t)
             if s_last is not None and self.feedback is not None:
                 i1 = i1 + self.feedback.apply(self._drop(s_last, ctx.masks[0]), ctx.feedback_weight)
-            s = step(self.neurons[0], i1)
+            spikes = [step(self.neurons[0], i1)]
             for l, (op, bnm) in enumerate(zip(self.hidden_ops, self.hidden_bns), start=1):
-                s = step(self.neurons[l], _batch_norm(op(self._drop(s, ctx.masks[l])), bnm, bn))
-            s_last = s
-            acc = s if acc is None else (acc + s if leak == 1.0 else leak * acc + s)
+                spikes.append(step(self.neurons[l],
+                                   _batch_norm(op(self._drop(spikes[-1], ctx.masks[l])), bnm, bn)))
+            s_last = spikes[-1]
+            for l in kept:
+                s = spikes[l]
+                acc[l] = s if t == 0 else (acc[l] + s if leak == 1.0 else leak * acc[l] + s)
         for n in self.neurons:
             n.reset_state()
-        assert acc is not None  # T >= 1
+        assert acc  # T >= 1
         norm = float(T) if leak == 1.0 else sum(leak**k for k in range(T))
-        return acc / norm
+        return [acc[l] / norm for l in kept]
 
     def equilibrium_map(
         self, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
@@ -229,25 +241,30 @@ class FeedbackSNN(SpikingNet):
     ) -> Tensor:
         """Layer ``l``'s part of the equivalent map (0-based): ``a_1 = f_0(a_L)`` (feedback plus
         input current), ``a_{l+1} = f_l(a_l)``; their composition is :meth:`equilibrium_map`."""
+        vth = self.neurons[l].vth()
+        return self.neurons[l].rate_map(self.layer_current(l, a, ctx, bn, detach),
+                                        vth.detach() if detach else vth)
+
+    def layer_current(
+        self, l: int, a: Tensor, ctx: FeedbackContext, bn: BNMode = "update", detach: bool = False
+    ) -> Tensor:
+        """The input current of layer ``l`` (0-based) driven by the rate ``a`` of the layer before
+        it (``a_L`` for layer 0: feedback plus input current), before the neurons' rate map."""
         def p(t: Tensor) -> Tensor:
             return t.detach() if detach else t
 
-        neuron = self.neurons[l]
-        vth = p(neuron.vth())
         if l == 0:
             cur = p(ctx.mean_current)
             if self.feedback is not None:
-                cur = cur + self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
-            else:  # zero feedback: f_0 does not depend on a_L (kept in the graph with weight 0)
-                cur = cur + 0.0 * a.sum()
-            return neuron.rate_map(cur, vth)
+                return cur + self.feedback.apply(self._drop(a, ctx.masks[0]), p(ctx.feedback_weight))
+            return cur + 0.0 * a.sum()  # zero feedback: no dependence on a_L (kept in the graph)
         op, bnm = self.hidden_ops[l - 1], self.hidden_bns[l - 1]
         x = self._drop(a, ctx.masks[l])
         if detach:  # the op with detached parameters: no parameter in the graph
             cur = torch.func.functional_call(op, {n: t.detach() for n, t in op.named_parameters()}, (x,))
         else:
             cur = op(x)
-        return neuron.rate_map(_batch_norm(cur, bnm, bn, detach), vth)
+        return _batch_norm(cur, bnm, bn, detach)
 
     def readout(self, a: Tensor) -> Tensor:
         return self.classifier(a.flatten(1))
@@ -268,13 +285,15 @@ def feedback_mlp(
     hidden: int = 400,
     dropout: float = 0.0,
     norm_range: float = 1.0,
+    batch_norm: bool = True,
 ) -> FeedbackSNN:
-    """Single-layer fully connected feedback SNN: "F400" (784 -> 400 with 400x400 feedback)."""
+    """Single-layer fully connected feedback SNN: "F400" (784 -> 400 with 400x400 feedback).
+    ``batch_norm``: a BatchNorm1d on the input current (the official SPIDE FC net has none)."""
     n_in = 1
     for d in input_shape:
         n_in *= d
     return FeedbackSNN(
-        nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden)), nn.BatchNorm1d(hidden), [],
+        nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden)), _bn(nn.BatchNorm1d, hidden, batch_norm), [],
         nn.Linear(hidden, hidden, bias=False), nn.Linear(hidden, num_classes),
         neuron, dropout, norm_range,
     )
@@ -290,13 +309,16 @@ def feedback_conv(
     input_padding: int = 2,
     dropout: float = 0.0,
     norm_range: float = 1.0,
+    batch_norm: bool = True,
 ) -> FeedbackSNN:
-    """Single-layer conv feedback SNN "F64C5": conv5x5 stride 2 + BN in, conv5x5 feedback."""
+    """Single-layer conv feedback SNN "F64C5": conv5x5 stride 2 + BN in (``batch_norm``), conv5x5
+    feedback."""
     c, h, w = input_shape
     k = kernel_size
     out_h, out_w = (h + 2 * input_padding - k) // 2 + 1, (w + 2 * input_padding - k) // 2 + 1
     return FeedbackSNN(
-        nn.Conv2d(c, channels, k, stride=2, padding=input_padding), nn.BatchNorm2d(channels), [],
+        nn.Conv2d(c, channels, k, stride=2, padding=input_padding),
+        _bn(nn.BatchNorm2d, channels, batch_norm), [],
         nn.Conv2d(channels, channels, k, padding=k // 2, bias=False),
         nn.Linear(channels * out_h * out_w, num_classes), neuron, dropout, norm_range,
     )
@@ -306,21 +328,23 @@ def feedback_conv(
 def multilayer_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
     channels: Sequence[int] = (96, 256, 384, 384, 256), dropout: float = 0.0, norm_range: float = 1.0,
+    batch_norm: bool = True,
 ) -> FeedbackSNN:
     """Five-layer conv feedback SNN: conv3x3 s2 + BN (layer 1, 16x16 for CIFAR), four conv3x3 +
-    BN layers (the second with stride 2), transposed conv3x3 s2 feedback from layer 5 to layer 1."""
+    BN layers (the second with stride 2), transposed conv3x3 s2 feedback from layer 5 to layer 1.
+    ``batch_norm: false`` drops every BN (the official SPIDE models have none)."""
     if len(channels) != 5:
         raise ValueError(f"multilayer_f needs 5 channel counts, got {list(channels)}")
     c1, c2, c3, c4, c5 = channels
     h = (input_shape[1] + 1) // 2 // 2
     hidden = [
-        (nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2)),
-        (nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.BatchNorm2d(c3)),
-        (nn.Conv2d(c3, c4, 3, padding=1), nn.BatchNorm2d(c4)),
-        (nn.Conv2d(c4, c5, 3, padding=1), nn.BatchNorm2d(c5)),
+        (nn.Conv2d(c1, c2, 3, padding=1), _bn(nn.BatchNorm2d, c2, batch_norm)),
+        (nn.Conv2d(c2, c3, 3, stride=2, padding=1), _bn(nn.BatchNorm2d, c3, batch_norm)),
+        (nn.Conv2d(c3, c4, 3, padding=1), _bn(nn.BatchNorm2d, c4, batch_norm)),
+        (nn.Conv2d(c4, c5, 3, padding=1), _bn(nn.BatchNorm2d, c5, batch_norm)),
     ]
     return FeedbackSNN(
-        nn.Conv2d(input_shape[0], c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), hidden,
+        nn.Conv2d(input_shape[0], c1, 3, stride=2, padding=1), _bn(nn.BatchNorm2d, c1, batch_norm), hidden,
         nn.ConvTranspose2d(c5, c1, 3, stride=2, padding=1, output_padding=1, bias=False),
         nn.Linear(c5 * h * h, num_classes), neuron, dropout, norm_range,
     )
@@ -329,23 +353,28 @@ def multilayer_f(
 @MODELS.register("alexnet_f")
 def alexnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
-    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0,
+    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0, batch_norm: bool = True,
 ) -> FeedbackSNN:
     """AlexNet-F: channels 96 -> 256 -> 384 (s2) -> 384 -> 256 with feedback 256 -> 96 (times
     ``width``)."""
     return multilayer_f(input_shape, num_classes, neuron, _widths((96, 256, 384, 384, 256), width),
-                        dropout, norm_range)
+                        dropout, norm_range, batch_norm)
 
 
 @MODELS.register("cifarnet_f")
 def cifarnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
-    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0,
+    dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0, batch_norm: bool = True,
 ) -> FeedbackSNN:
     """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128 (times
     ``width``)."""
     return multilayer_f(input_shape, num_classes, neuron, _widths((128, 256, 512, 1024, 512), width),
-                        dropout, norm_range)
+                        dropout, norm_range, batch_norm)
+
+
+def _bn(kind: type[nn.Module], channels: int, enabled: bool) -> nn.Module:
+    """A batch norm over ``channels``, or the identity when disabled."""
+    return kind(channels) if enabled else nn.Identity()
 
 
 def _widths(channels: Sequence[int], width: float) -> tuple[int, ...]:

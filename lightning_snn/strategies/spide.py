@@ -11,20 +11,24 @@ official code does). For T_b steps, with the loss gradient ``g = dL/da*`` inject
     s_l  = c * (1[u_l >= Vth_b] - 1[u_l <= -Vth_b]),   c = Vth_b - u_rest_b
     u_l -= s_l                               (reset by subtracting the spike)
 
-where ``J_l^T`` is the transposed op of layer ``l`` with its clamp mask ``1[0 < . < 1]`` and
-``1/Vth`` (a vector-Jacobian product of the layer's part of the equivalent map at ``a*``) and
-``s = grad_scale``. The signed rates ``beta_l = sum_t s_l[t] / (T_b * s)`` solve
-``beta_L = g + J^T beta_L`` (exactly IDE's adjoint) up to the rate resolution ``c / T_b``: with the
+where ``J_l^T s = (d I_l / d a_{l-1})^T (m_l * s / Vth)`` is the transposed op of layer ``l`` (a
+vector-Jacobian product of its input current ``I_l`` at the forward rate ``a_{l-1}``, ``a_L`` for
+layer 1) and ``s = grad_scale``. The mask is the official code's, ``m_l = 1[0 < a_l < 1]``
+(strict) on the layer's forward *rate* ``a_l``, not the clamp mask of the map value ``I_l / Vth``:
+a neuron silent or saturated in the SNN passes no gradient even where its map value lies inside
+(0, 1). The signed rates ``beta_l = sum_t s_l[t] / (T_b * s)`` solve ``beta_L = g + J^T beta_L``
+(IDE's adjoint equation, with that mask in J) up to the rate resolution ``c / T_b``: with the
 default ``u_rest_b = -Vth_b`` the neurons round (``c = 2 Vth_b``), halving the error of flooring.
 A unit's rate saturates at ``c``, so ``grad_scale`` (the official ``scale_factor``, 100-500) must
 bring ``|g| * grad_scale`` into range; unlike the official scripts it is divided out again here,
 so learning rate and weight decay keep their meaning.
 
 Weights: the two-stage average-rate rule: layer ``l``'s parameters get
-``(d f_l / d theta_l)^T beta_l`` from one vector-Jacobian product through that layer's part of the
-equivalent map (``dW_l = (beta_l * m_l) a_{l-1}^T / Vth`` for a linear op), the input layer through
-the input current. Batch norm as in IDE: the simulation uses running statistics, the one
-differentiable evaluation updates them, the backward phase uses batch statistics.
+``(d I_l / d theta_l)^T (beta_l * m_l / Vth)`` from one vector-Jacobian product through its input
+current driven by the forward rates (``dW_l = (beta_l * m_l) a_{l-1}^T / Vth`` for a linear op),
+the input layer through the input current. Batch norm as in IDE: the simulation uses running
+statistics, the one differentiable evaluation updates them, the backward phase uses batch
+statistics.
 
 Forward neurons: ``alpha`` sets where they fire, ``h >= alpha * Vth``, subtracting Vth
 (``alpha = 1``: the model's own neurons, flooring). The official code's forward neuron fires at
@@ -39,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_snn.models.feedback import FeedbackContext, FeedbackSNN
+from lightning_snn.models.feedback import BNMode, FeedbackContext, FeedbackSNN
 from lightning_snn.neurons import SpikingNeuron
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
@@ -111,24 +115,30 @@ class SPIDE(GradientStrategy):
 
     def forward(self, model: FeedbackSNN, x: Tensor) -> Tensor:
         ctx = model.prepare(self.encode(x))
-        with torch.no_grad():
-            a_star = model.simulate(ctx, bn="running",
-                                    step=None if self.alpha == 1.0 else firing_at(self.alpha))
+        step = None if self.alpha == 1.0 else firing_at(self.alpha)
         if not torch.is_grad_enabled():
-            return model.readout(a_star).unsqueeze(0)
-        return model.readout(self.implicit(model, ctx, a_star)).unsqueeze(0)
-
-    def implicit(self, model: FeedbackSNN, ctx: FeedbackContext, a_star: Tensor) -> Tensor:
-        """``a*`` in value; its gradient reaches the parameters through the spiking adjoint."""
-        L = len(model.neurons)
-        ins = [a_star.detach()]  # input of each layer's map at the equilibrium: a_L, a_1, ...
+            return model.readout(model.simulate(ctx, bn="running", step=step)).unsqueeze(0)
         with torch.no_grad():
-            for l in range(L - 1):
-                ins.append(model.layer_map(l, ins[-1], ctx, bn="batch"))
-        zs = [model.layer_map(l, ins[l], ctx, bn="update") for l in range(L)]  # with parameters
+            rates = model.simulate_layers(ctx, bn="running", step=step)
+        return model.readout(self.implicit(model, ctx, rates)).unsqueeze(0)
+
+    def implicit(self, model: FeedbackSNN, ctx: FeedbackContext, rates: list[Tensor]) -> Tensor:
+        """``a* = a_L`` in value (``rates``: the forward rates ``[a_1, ..., a_L]``); its gradient
+        reaches the parameters through the spiking adjoint."""
+        L = len(model.neurons)
+        ins = [rates[-1].detach()] + [a.detach() for a in rates[:-1]]  # layer inputs: a_L, a_1, ...
+        masks = [((a > 0) & (a < 1)).to(a.dtype) for a in rates]  # m_l = 1[0 < a_l < 1]
+
+        def masked(l: int, a: Tensor, bn: BNMode, detach: bool) -> Tensor:
+            # layer l's map linearised with the rate mask: m_l * I_l(a) / Vth_l
+            vth = model.neurons[l].vth()
+            vth = vth.detach() if detach else vth
+            return model.layer_current(l, a, ctx, bn, detach) * (masks[l] / vth)
+
+        zs = [masked(l, ins[l], "update", False) for l in range(L)]  # with parameters
         leaves = [a.detach().requires_grad_() for a in ins]
         with torch.enable_grad():
-            outs = [model.layer_map(l, leaves[l], ctx, bn="batch", detach=True) for l in range(L)]
+            outs = [masked(l, leaves[l], "batch", True) for l in range(L)]
 
         def vjp(l: int, s: Tensor) -> Tensor:  # J_l^T s (s: adjoint of layer l's output)
             (out,) = torch.autograd.grad(outs[l], leaves[l], s, retain_graph=True)
@@ -138,7 +148,7 @@ class SPIDE(GradientStrategy):
             with torch.no_grad():
                 return self.spiking_adjoint(g, vjp, [o.shape for o in outs])
 
-        return _SpikingAdjoint.apply(a_star, solve, *zs)
+        return _SpikingAdjoint.apply(rates[-1], solve, *zs)
 
     def spiking_adjoint(self, g: Tensor, vjp, shapes: list[torch.Size]) -> list[Tensor]:
         """Run the signed backward neurons for T_b steps; return ``beta_l`` of every layer."""
