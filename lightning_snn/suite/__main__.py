@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from lightning_snn.suite.launchers import SlurmOptions
 
 BUSY_EXIT = 3
+STATES = ("done", "running", "interrupted", "pending", "failed", "not run")
 
 
 def _csv(kind: type) -> "argparse._ActionType":  # type: ignore[name-defined]
@@ -162,37 +163,47 @@ def _slurm_options(ns: argparse.Namespace) -> "SlurmOptions":
 
 
 def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: bool, launcher: str) -> None:
-    """Runs, their state, resources and the estimated device-hours of what is left to train."""
+    """Per row: its runs by state, the devices of one run, the steps of one run, the measured time
+    of a step, and the estimated device-hours of the runs left to train."""
     import pandas as pd
 
     from lightning_snn.suite import plan
 
-    est: dict[str, tuple[float | None, str]] = {}
-    for r, state, _ in lines:
-        name = r.row.name
-        if name in est:
-            continue
+    table, total = [], 0.0
+    for name in dict.fromkeys(r.row.name for r, _, _ in lines):
+        mine = [(r, state, detail) for r, state, detail in lines if r.row.name == name]
         c = checks[name]
+        t = c.config.trainer
+        states = pd.Series([state for _, state, _ in mine]).value_counts()
+        todo = int(states.get("pending", 0) + states.get("interrupted", 0))
         steps = plan.steps_per_run(c.config, c.train_size)
-        if c.missing_data or steps is None:
-            est[name] = (None, "no data here to time a step" if c.missing_data else "unknown length")
-        elif measure:
-            sec, device = plan.measure_step_seconds(r.row, opts, r.seed)
-            est[name] = (steps * sec / 3600.0, f"{steps} steps x {sec:.3f} s on {device}")
+        seconds, hours = None, None
+        if c.missing_data:
+            timing = c.missing_data
+        elif steps is None:
+            timing = "unknown number of steps"
+        elif not measure:
+            timing = "not measured (--no-measure)"
+        elif not todo:
+            timing, hours = "nothing left to train", 0.0
         else:
-            est[name] = (None, "not measured (--no-measure)")
-    table = pd.DataFrame([{
-        "run": r.key, "state": state, "detail": detail[:60],
-        "devices": f"{checks[r.row.name].config.trainer.accelerator}:{checks[r.row.name].config.trainer.devices}",
-        "est. device-hours": f"{est[r.row.name][0]:.3g}" if est[r.row.name][0] is not None else "?",
-    } for r, state, detail in lines])
-    todo = [r for r, s, _ in lines if s in ("pending", "interrupted")]
-    left = sum(est[r.row.name][0] or 0.0 for r in todo)
-    print(f"suite {suite.name} ({suite.path}): {len(lines)} runs, {len(todo)} to train with the {launcher} "
-          f"launcher, runs in {Path(opts.root).resolve() / suite.name}")
-    print(table.to_markdown(index=False))
-    print("\nestimates per run: " + "; ".join(f"{k}: {v[1]}" for k, v in est.items()))
-    print(f"estimated device-hours left (runs with an estimate): {left:.3g}")
+            sec, device = plan.measure_step_seconds(mine[0][0].row, opts, mine[0][0].seed)
+            seconds, timing = sec, f"measured on {device}"
+            hours = todo * steps * sec * int(t.devices if isinstance(t.devices, int) else 1) / 3600.0
+            total += hours
+        table.append({"row": name, "runs": len(mine), **{k: int(v) for k, v in states.items()},
+                      "devices/run": f"{t.accelerator}:{t.devices}", "steps/run": steps,
+                      "s/step": f"{seconds:.3f}" if seconds is not None else "-",
+                      "est. device-hours": f"{hours:.3g}" if hours is not None else "?", "note": timing})
+    left = sum(1 for _, s, _ in lines if s in ("pending", "interrupted"))
+    print(f"suite {suite.name} ({suite.path}): {len(lines)} runs, {left} to train with the {launcher} launcher, "
+          f"runs in {Path(opts.root).resolve() / suite.name}")
+    frame = pd.DataFrame(table)
+    states = [k for k in STATES if k in frame]
+    rest = [k for k in frame if k not in states and k not in ("row", "runs")]
+    print(frame[["row", "runs", *states, *rest]].fillna({k: 0 for k in states}).astype({k: int for k in states})
+          .to_markdown(index=False))
+    print(f"estimated device-hours of the runs left to train (rows with an estimate): {total:.3g}")
 
 
 def cmd_status(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:

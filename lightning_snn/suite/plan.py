@@ -125,7 +125,7 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 4) -> tuple[float, str]:
+def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 6) -> tuple[float, str]:
     """Seconds per training step of ``row`` on this machine: ``steps`` real steps of its own ``fit``
     (the first one, warm-up and compilation, not counted) in a scratch directory."""
     import pytorch_lightning as pl
