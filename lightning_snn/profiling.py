@@ -92,8 +92,9 @@ class HostSyncCounter(TorchFunctionMode):
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """``exc`` is torch's out-of-memory error (CUDA's, or a backend's ``RuntimeError``)."""
-    return isinstance(exc, torch.OutOfMemoryError) or (
+    """``exc`` is an out-of-memory error (torch's CUDA one, a backend's ``RuntimeError``, or the
+    host's ``MemoryError``)."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
