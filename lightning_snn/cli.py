@@ -27,17 +27,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks, check_data_settings,
     hparam_mismatch, read_checkpoint, resolve_resume, stored_data_settings,
 )
+from lightning_snn.cli_check import check_config_files
 from lightning_snn.commands import SNNTrainer, space_separated_list
 from lightning_snn.data import VisionDataModule
-from lightning_snn.errors import run_cli
+from lightning_snn.errors import UsageError, one_line, run_cli
 from lightning_snn.module import SNNModule
+from lightning_snn.profiling import is_out_of_memory, memory_peak_text
 from lightning_snn.rundirs import planned_dirs, remove_empty
+from lightning_snn.yamlfile import install_jsonargparse_loader
 
 
 class SaveConfigToLogger(SaveConfigCallback):
@@ -60,6 +63,17 @@ class SNNCLI(LightningCLI):
     def __init__(self, *args: Any, trainer_class: Any = SNNTrainer, **kwargs: Any) -> None:
         # the trainer class carries the ``export`` and ``report`` commands
         super().__init__(*args, trainer_class=trainer_class, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, reading YAML with the duplicate-key check (``yamlfile``)."""
+        kwargs.setdefault("parser_mode", install_jsonargparse_loader())
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Check the ``--config`` files (strict YAML, named in errors) first, then parse."""
+        if args is None or isinstance(args, (list, tuple)):
+            check_config_files(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -101,6 +115,10 @@ class SNNCLI(LightningCLI):
         if not sub or not self.config[sub].get("ckpt_path"):
             return
         cfg = self.config[sub]
+        if cfg.ckpt_path == "best":  # Lightning's "best" is the best file of a fit in this process
+            raise CheckpointError(f"--ckpt_path best: `{sub}` has no best checkpoint of its own, 'best' is "
+                                  "that of a fit in the same command (valid: the checkpoint file, e.g. "
+                                  "<checkpoint dir>/epoch3-acc0.9012.ckpt, or 'last')")
         path = resolve_resume(str(cfg.ckpt_path), cfg.checkpoint.dirpath if "checkpoint" in cfg else None,
                               cfg.trainer.default_root_dir, fallback=sub == "fit")
         cfg.ckpt_path = path
@@ -128,6 +146,37 @@ class SNNCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """Lightning's trainer; an accelerator this machine lacks is named with what would work."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as e:
+            acc = self.config[self.subcommand].trainer.get("accelerator")
+            if not isinstance(acc, str) or acc in ("auto", "cpu") or "available" not in str(e).lower() \
+                    and "no supported" not in str(e).lower():
+                raise
+            raise UsageError(f"--trainer.accelerator {acc}: not available on this machine ({one_line(e)}) "
+                             "(valid: cpu, or auto to use a GPU where there is one)") from e
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a failed run leaves no empty log / checkpoint folder, and out of memory becomes one
+        line with the batch size, T and the peak memory tried."""
+        created = planned_dirs(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as e:
+            remove_empty(created)  # the log / checkpoint folders this failed run left empty
+            if not isinstance(e, (RuntimeError, MemoryError)) or not is_out_of_memory(e):
+                raise
+            data = self.datamodule.hparams
+            evaluation = f"--data.eval_batch_size {data.get('eval_batch_size') or data['batch_size']}"
+            sizes = evaluation if subcommand != "fit" else f"--data.batch_size {data['batch_size']} ({evaluation})"
+            raise UsageError(
+                f"out of memory in {subcommand} with {sizes} and --model.T {self.model.hparams.T} "
+                f"({memory_peak_text(e, self.trainer.strategy.root_device)}) "
+                "(valid: a smaller --data.batch_size / --data.eval_batch_size or --model.T, "
+                "--trainer.precision bf16-mixed, or --trainer.accumulate_grad_batches)") from e
+
     def _check_checkpoint_matches_model(self) -> None:
         if not self._ckpt_hparams:
             return
@@ -138,14 +187,6 @@ class SNNCLI(LightningCLI):
             raise CheckpointError(
                 f"checkpoint {self._ckpt_file} was made with other model settings than requested: {shown} "
                 "(valid: the checkpoint's settings, or no --ckpt_path to start a new run)")
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        created = planned_dirs(self.trainer)
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            remove_empty(created)  # the log / checkpoint folders this failed run left empty
-            raise
 
     def after_fit(self) -> None:
         which = self.config[self.subcommand].get("test_after_fit")

@@ -39,6 +39,11 @@ class DataFileError(UsageError, RuntimeError):
     the message names the file."""
 
 
+class YamlError(UsageError):
+    """A YAML file or value that cannot be read as written (syntax, a tab, a key given twice, not
+    UTF-8, empty): the message names the file, the line and the key or reason."""
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """``argparse`` parser whose usage errors raise :class:`UsageError` (one line through
     :func:`run_main`) instead of printing the usage block and exiting."""

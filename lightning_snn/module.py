@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_snn.loss import LossConfig, SpikingLoss
-from lightning_snn.models import MODELS, SpikingNet
+from lightning_snn.models import MODELS, SpikingNet, model_class
 from lightning_snn.neurons import NeuronConfig
 from lightning_snn.strategies import STRATEGIES, GradientStrategy
 
@@ -101,17 +101,22 @@ class SNNModule(pl.LightningModule):
         if loss is None:
             self.hparams["loss"] = dataclasses.asdict(LossConfig())
         strategy_cls = STRATEGIES.get(strategy)
+        # the model mismatch first: network_args / strategy_args left over from another config are
+        # secondary (known before building when the model's class is known)
+        net_cls = model_class(network)
+        if net_cls is not None:
+            strategy_cls.check_kind(net_cls.__name__, net_cls.kind)
         self.net: SpikingNet = MODELS.build(
             network,
+            option="model.network_args",
             input_shape=tuple(input_shape),
             num_classes=num_classes,
             neuron=self.neuron,
             **(network_args or {}),
         )
-        if self.net.kind not in strategy_cls.supported_kinds:
-            # the model mismatch first: strategy_args left over from another strategy are secondary
-            GradientStrategy.check_model(strategy_cls, self.net)  # type: ignore[arg-type]
-        self.strategy: GradientStrategy = STRATEGIES.build(strategy, T=T, **(strategy_args or {}))
+        strategy_cls.check_kind(type(self.net).__name__, self.net.kind)
+        self.strategy: GradientStrategy = STRATEGIES.build(strategy, option="model.strategy_args", T=T,
+                                                           **(strategy_args or {}))
         self.strategy.check_model(self.net)
         if compile:  # stateless layers and each neuron's fused op compiled; T is not unrolled
             self.net.compile()

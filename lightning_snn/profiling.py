@@ -89,3 +89,33 @@ class HostSyncCounter(TorchFunctionMode):
             if any(torch.device(a).type == "cpu" for a in target):
                 self.counts["to(cpu)"] += 1
         return func(*args, **(kwargs or {}))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``exc`` is an out-of-memory error (torch's CUDA one, a backend's ``RuntimeError``, or the
+    host's ``MemoryError``)."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def memory_peak_text(exc: BaseException, device: torch.device) -> str:
+    """What the failed run tried: the allocation that failed (from torch's message), the peak of
+    tensor memory on a CUDA device (of its total) or the process's peak resident memory on CPU."""
+    import re
+
+    tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", str(exc))
+    parts = [f"tried to allocate {tried.group(1)} more"] if tried else []
+    if device.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(device).total_memory
+        parts.append(f"peak {_gib(torch.cuda.max_memory_allocated(device))} allocated of {_gib(total)} "
+                     f"on {device}")
+    else:
+        import resource
+
+        parts.append(f"peak {_gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)} resident "
+                     f"on {device.type}")
+    return ", ".join(parts)

@@ -445,3 +445,131 @@ def test_sigterm_to_rank_0_of_ddp_stops_every_rank_at_the_same_step(data_root, t
     resumed = run_cli(args + ["--ckpt_path=last"])
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     assert load_ckpt(last)["global_step"] == 2 * per_epoch
+
+
+# ----------------------------------------------------------------------------- more one-line errors
+def test_wrong_type_in_network_args_names_the_key(data_root, tmp_path, capsys):
+    line = one_line_error(capsys, fit_args(data_root, tmp_path, "--model.network_args.hidden=512"))
+    assert line == ("error: model.network_args.hidden: expected a list of integers, got 512 "
+                    "(valid: a list of integers, e.g. the default [512])"), line
+
+
+def test_model_of_another_kind_is_named_before_its_leftover_arguments(data_root, tmp_path, capsys):
+    """An IDE config (network_args dropout, strategy_args of the solver) with a feed-forward model:
+    the strategy / model mismatch is the message, not the arguments the model does not take."""
+    for network in ("mlp", "vgg11"):
+        args = ["fit", "--config", str(CONFIGS / "ide" / "mnist_f64c5_if_t30.yaml"), f"--data.root={data_root}",
+                f"--trainer.default_root_dir={tmp_path}", f"--model.network={network}"]
+        line = one_line_error(capsys, args, names_valid=False)
+        assert "strategy 'ide' cannot train model Spiking" in line and "(kind 'feedforward')" in line, line
+        assert "dropout" not in line
+
+
+def test_best_checkpoint_without_a_fit_is_an_error(data_root, tmp_path, capsys):
+    args = sub_args("test", fit_args(data_root, tmp_path)) + ["--ckpt_path=best"]
+    line = one_line_error(capsys, args)
+    assert "--ckpt_path best: `test` has no best checkpoint of its own" in line and "'last'" in line
+    assert not tmp_path.exists() or not list(tmp_path.rglob("*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_names_the_option(data_root, tmp_path, capsys):
+    line = one_line_error(capsys, fit_args(data_root, tmp_path, "--trainer.accelerator=gpu"))
+    assert line.startswith("error: --trainer.accelerator gpu: not available on this machine"), line
+    assert "(valid: cpu, or auto" in line
+
+
+class OutOfMemoryAtStep(Callback):
+    """Raises torch's own out-of-memory error inside the training step ``at`` (as the allocator
+    does when a batch does not fit)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                                         "total capacity of 11.72 GiB of which 1.05 GiB is free.")
+
+
+def test_out_of_memory_names_batch_size_t_and_the_memory_tried(data_root, tmp_path, capsys):
+    from lightning_snn.cli import _NO_EXIT
+    from lightning_snn.errors import run_cli
+
+    args = fit_args(data_root, tmp_path, "--model.T=3", batch_size=24, epochs=1)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: main(args, parser_kwargs=_NO_EXIT, trainer_defaults={"callbacks": [OutOfMemoryAtStep(1)]}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "Traceback" not in "\n".join(err), err
+    assert re.fullmatch(r"error: out of memory in fit with --data\.batch_size 24 \(--data\.eval_batch_size 250\) and "
+                        r"--model\.T 3 \(tried "
+                        r"to allocate 2\.00 GiB more, peak [\d.]+ GiB resident on cpu\) \(valid: a smaller "
+                        r"--data\.batch_size .*\)", err[-1]), err[-1]
+
+
+# ----------------------------------------------------------------------------- YAML files
+def _dup(text: str) -> str:
+    return text.replace("  lr: 0.002\n", "  lr: 0.1\n  lr: 0.5\n")
+
+
+def test_key_given_twice_in_a_config_is_an_error_naming_file_line_and_key(data_root, tmp_path, capsys):
+    src = DEMO.read_text()
+    line_no = src.splitlines().index("  lr: 0.002") + 2
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(_dup(src))
+    args = [str(bad) if a == str(DEMO) else a for a in fit_args(data_root, tmp_path / "run")]
+    line = one_line_error(capsys, args)
+    assert line == (f"error: {bad} line {line_no}: key 'model.lr' given twice (first at line {line_no - 1}; "
+                    "the second would silently win) (valid: each key once)"), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_key_given_twice_in_an_included_config_or_on_the_command_line(data_root, tmp_path, capsys):
+    """``config:`` includes (configs/ide/*) are read as strictly as the file named by --config, and
+    so is YAML given inline for a group or a dict option."""
+    base = CONFIGS / "ide" / "base" / "f64c5.yaml"
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "f64c5.yaml").write_text(base.read_text().replace("  T: 30\n", "  T: 30\n  T: 2\n"))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("config: base/f64c5.yaml\nmodel.neuron.leak: 0.9\n")
+    common = [f"--data.root={data_root}", f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    line = one_line_error(capsys, ["fit", "--config", str(overlay), *common])
+    assert f"{tmp_path / 'base' / 'f64c5.yaml'} line " in line and "key 'model.T' given twice" in line, line
+    for inline, key in [("--model={lr: 0.1, lr: 0.5}", "'lr'"),
+                        ("--model.network_args={hidden: [16], hidden: [32]}", "'hidden'"),
+                        ("--config={model: {T: 2, T: 3}}", "'model.T'")]:
+        line = one_line_error(capsys, fit_args(data_root, tmp_path / "run", inline))
+        assert "the command-line value '{" in line and f"key {key} given twice" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"model:\n\tT: 4\n", "line 2, column 1: a tab character (valid: spaces"),
+    (b"", "is empty (valid: a YAML document"),
+    (b"# nothing but a comment\n", "holds only comments (valid: a YAML document"),
+    (b"model:\n  T: 4\n  network: ml\xff\n", "line 3: byte 0xff is not UTF-8 text (valid: a UTF-8 encoded"),
+    (b"model:\n  T: [4\n", "line 3, column 1: while parsing a flow sequence"),
+])
+def test_unreadable_yaml_config_names_the_file_and_the_reason(content, reason, data_root, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    line = one_line_error(capsys, ["fit", "--config", str(bad), f"--data.root={data_root}"])
+    assert line.startswith(f"error: {bad} ") and reason in line, line
+
+
+def test_missing_config_file_names_the_option(data_root, tmp_path, capsys):
+    line = one_line_error(capsys, ["fit", "--config", str(tmp_path / "nope.yaml"), f"--data.root={data_root}"])
+    assert line == f"error: --config '{tmp_path / 'nope.yaml'}' does not exist (valid: a YAML config file, " \
+                   "e.g. configs/fmnist_mlp_bptt.yaml)", line
+
+
+def test_yaml_reader_alone():
+    """``loads_yaml`` / ``load_yaml`` as the suites and sweep spaces use them: nested and sequence
+    keys are named with their path; YAML's merge key (an explicit override) is not a duplicate."""
+    from lightning_snn.errors import YamlError
+    from lightning_snn.yamlfile import loads_yaml
+
+    assert loads_yaml("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n", "m.yaml") == {"a": {"b": 1}, "c": {"b": 2}}
+    assert loads_yaml("a: 1\n'1': 2\n1: 3\n", "m.yaml") == {"a": 1, "1": 2, 1: 3}  # str and int keys differ
+    with pytest.raises(YamlError, match=r"^s\.yaml line 3: key 'runs\.0\.model\.T' given twice"):
+        loads_yaml("runs:\n- {model: {T: 2,\n    T: 4}}\n", "s.yaml")

@@ -97,6 +97,14 @@ def test_a_suite_without_seeds_and_an_unknown_suite_name_are_errors(tmp_path, ca
     assert "unknown suite 'no_such_suite'" in err and "smoke" in err
 
 
+def test_a_key_given_twice_in_a_suite_file_names_file_line_and_key(tmp_path, capsys):
+    path = write_suite(tmp_path / "twice.yaml", [row("a")])
+    path.write_text(path.read_text().replace("  protocol: final", "  protocol: final\n    protocol: best_epoch"))
+    assert suite_main(["status", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "twice.yaml line" in err and "protocol' given twice" in err, err
+
+
 def test_a_row_whose_command_line_is_rejected_names_the_row(tmp_path, capsys):
     path = write_suite(tmp_path / "s.yaml", [row("a", overrides=["--model.T=abc"])])
     assert suite_main(["run", str(path), "--root", str(tmp_path / "runs"), "--dry-run", "--no-measure"]) == 2

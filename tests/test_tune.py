@@ -47,14 +47,14 @@ def sweep_cmd(storage: Path, name: str, space: Path, data_root: Path, *extra: st
             "--max-epochs", "2", *extra, "--", *tiny(data_root)]
 
 
-def run_sweep(cmd: list[str], timeout: float) -> str:
+def run_sweep(cmd: list[str], timeout: float, returncode: int = 0) -> str:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
         _kill_group(proc)
-    assert proc.returncode == 0, out[-5000:]
+    assert proc.returncode == returncode, out[-5000:]
     return out
 
 
@@ -192,11 +192,12 @@ def test_sweep_four_trials_best_config_and_wandb_runs(tmp_path, data_root):
 
 @pytest.mark.slow
 def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
-    """One trial of four has an impossible leak (1.5): it is reported failed and the others finish.
-    The driver is SIGKILLed once a trial has finished; ``--resume`` completes the sweep without
-    running the finished trials again."""
-    space = tmp_path / "leak.yaml"
-    space.write_text("model.neuron.leak: {grid: [1.0, 1.5, 0.9, 0.8]}\nmodel.T: 2\n")
+    """One trial of four asks for a validation split larger than the training set (found only when
+    its data are set up): it is reported failed and the others finish. The driver is SIGKILLed once
+    a trial has finished; ``--resume`` completes the sweep without running the finished trials
+    again, and exits 1 because a trial failed."""
+    space = tmp_path / "val.yaml"
+    space.write_text("data.val_size: {grid: [5000, 60000, 4000, 3000]}\nmodel.T: 2\n")
     cmd = sweep_cmd(tmp_path, "killed", space, data_root, "--num-samples", "1", "--scheduler", "fifo")
     exp = tmp_path / "killed"
     log = tmp_path / "driver.log"
@@ -219,12 +220,12 @@ def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
               if any(p.name.startswith(f"run_trial_{tid}") for tid in finished)}
 
     out = run_sweep([sys.executable, "-m", "tune.sweep", "--resume", "--name", "killed",
-                     "--storage-path", str(tmp_path)], timeout=240)
-    assert "4 trials, 1 failed" in out, out[-3000:]
+                     "--storage-path", str(tmp_path)], timeout=240, returncode=1)
+    assert "4 trials, 1 failed" in out and "best trial: val/acc=" in out, out[-3000:]
     final = trial_states(exp)
     assert sorted(final.values()) == ["ERROR", "TERMINATED", "TERMINATED", "TERMINATED"], final
     failed = [line for line in out.splitlines() if ": FAILED " in line]
-    assert len(failed) == 1 and "'model.neuron.leak': 1.5" in failed[0], failed
+    assert len(failed) == 1 and "'data.val_size': 60000" in failed[0], failed
     for name, text in before.items():  # finished trials were not run again
         trial = exp / name
         assert (trial / "result.json").read_text() == text
@@ -232,9 +233,22 @@ def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
         logs = exp / "trials" / tid / "lightning_logs"
         assert [p.name for p in logs.iterdir()] == ["version_0"]
     for trial in trial_dirs(exp):
-        if "leak=1.5" not in trial.name:
+        if "val_size=60000" not in trial.name:
             rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
             assert rows[-1]["training_iteration"] == 2
+
+
+@pytest.mark.slow
+def test_sweep_where_no_trial_reports_says_so_and_exits_1(tmp_path, data_root):
+    """The only trial fails before its first validation: the report says that no trial reported
+    the metric (no best.json) instead of failing on the missing column, and the driver exits 1."""
+    space = tmp_path / "val.yaml"
+    space.write_text("data.val_size: 60000\nmodel.T: 2\n")
+    out = run_sweep(sweep_cmd(tmp_path, "none", space, data_root, "--num-samples", "1", "--scheduler", "fifo"),
+                    timeout=240, returncode=1)
+    assert "1 trials, 1 failed" in out and "no trial reported val/acc: no best trial" in out, out[-3000:]
+    assert "Traceback" not in out.split("1 trials, 1 failed", 1)[1]
+    assert not (tmp_path / "none" / "best.json").exists()
 
 
 # ----------------------------------------------------------------------------- SLURM job script
@@ -309,6 +323,15 @@ def test_slurm_sweep_job_input_is_checked_like_the_sweep(args, expected, tmp_pat
     ("", [], "an empty search space (valid: a mapping of dotted config keys"),
     ("model.neuron.thresh: {uniform: [0.5, 2.0]}", [], "Option 'thresh' is not accepted"),
     ("model.T: {choice: [abc]}", [], "model.T: expected an integer, got 'abc'"),
+    # every value of a choice / grid and both bounds of a range, built like a trial's model
+    ("model.T: {choice: [2, 4, x]}", [], "fails a trial with its value model.T='x' (the config, the options "
+                                         "after -- and the space together): model.T: expected an integer"),
+    ("model.T: {choice: [0]}", [], "model.T must be a positive integer, got 0"),
+    ("model.T: {grid: [2, -1]}", [], "its value model.T=-1 (the config"),
+    ("model.neuron.leak: {uniform: [0.5, 1.5]}", [], "its value model.neuron.leak=1.5 (the config"),
+    ("model.T: {randint: [1, 3]}\nmodel.network_args: {choice: [{hidden: [8]}, {hidden: 8}]}", [],
+     "model.network_args.hidden: expected a list of integers, got 8"),
+    ("model.T: {choice: [2]}\nmodel.T: {choice: [4]}", [], "line 2: key 'model.T' given twice (first at line 1"),
     ("model.lr: {uniform: [1]}", [], "space key 'model.lr': {'uniform': [1]} is not a valid distribution"),
     ("model.T: {choice: [2]}", ["--num-samples", "0"], "--num-samples 0 (valid: an integer >= 1)"),
     ("model.T: {choice: [2]}", ["--config", "configs/nope.yaml"], "--config 'configs/nope.yaml' does not exist"),

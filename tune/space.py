@@ -20,8 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
+
+from lightning_snn.yamlfile import EmptyYamlError, load_yaml
 
 _FLOAT_PAIRS = {"uniform": tune.uniform, "loguniform": tune.loguniform}
 
@@ -64,10 +65,10 @@ def _make_domain(key: str, spec: Any) -> Any:
 
 def load_space(path: str | Path) -> dict[str, Any]:
     """Read a space file into a Tune ``param_space`` (flat dict keyed by dotted config keys)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
+    try:  # strict: a key twice, a tab, not UTF-8 -> one line naming the file and the line
+        raw = load_yaml(path)
+    except EmptyYamlError:
+        raw = None
     if not raw or not isinstance(raw, dict):
         raise ValueError(f"{path}: {'an empty' if not raw else 'not a'} search space (valid: a mapping of "
                          "dotted config keys to distributions, e.g. `model.neuron.threshold: {uniform: [0.5, 2.0]}`)")

@@ -2,7 +2,8 @@
 
 Runs ``--num-samples`` trials of the ordinary fit (see :mod:`tune.trial`) on a local Ray, or on a
 running cluster with ``--address auto`` (see ``tune/slurm/``). Trials that raise are reported as
-failed and the sweep goes on. The launcher's arguments are saved in the experiment directory, so a
+failed and the sweep goes on; the driver then exits 1 (also when no trial reported the metric), 0
+only when every trial finished. The launcher's arguments are saved in the experiment directory, so a
 driver that died is continued with ``--resume --name <name> [--storage-path <dir>]``: finished trials
 are kept, unfinished ones continue from their last checkpoint.
 
@@ -10,9 +11,10 @@ Options after ``--`` (or any ``--model.*``, ``--data.*``, ``--trainer.*`` option
 trial's command line, e.g. ``-- --trainer.limit_train_batches=50 --data.num_workers=0``.
 
 Everything is checked before Ray starts and before anything is written: the launcher's options, the
-space file (not empty, known distributions), and a trial's whole command line (the config, the
-options after ``--`` and a sample of every space key) parsed by the training command line's own
-parser. Bad input is one line on stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``:
+space file (strict YAML, not empty, known distributions), and a trial's whole command line (the
+config, the options after ``--`` and every value of a ``choice`` / ``grid``, both bounds of a
+continuous range) parsed by the training command line's own parser, with the model and data module
+built from it. Bad input is one line on stderr and exit status 2 (``--debug`` or ``LIGHTNING_SNN_DEBUG=1``:
 the traceback).
 """
 
@@ -136,16 +138,44 @@ def _at_least(name: str, value: int | None, low: int, none_ok: bool = False) -> 
         raise UsageError(f"{name} {value} (valid: an integer >= {low})")
 
 
-def _sample(domain: Any) -> Any:
-    """One value of a space entry: a sample of a distribution, the first grid value, a constant."""
+def space_values(domain: Any) -> list[Any]:
+    """The values of a space entry the check builds: every value of ``choice`` / ``grid``, both
+    bounds of a continuous range (``randint``'s upper bound is exclusive), or the constant."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
     if isinstance(domain, dict) and "grid_search" in domain:
-        return domain["grid_search"][0]
-    return domain.sample() if hasattr(domain, "sample") else domain
+        return list(domain["grid_search"])
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, Float):
+        return [domain.lower, domain.upper]
+    if isinstance(domain, Integer):
+        return [domain.lower, domain.upper - 1]
+    return [domain]
+
+
+def check_space(spec: TrialSpec, space: dict[str, Any], space_file: str, exp_dir: Path) -> int:
+    """Build a trial (parse its command line, build its model and data module) for every value of
+    every space key: the first value of every key, then each other value of one key at a time
+    (values of different keys are not combined). Returns the number of trials built."""
+    from lightning_snn.cli_check import check_args
+
+    values = {key: space_values(domain) for key, domain in space.items()}
+    base = {key: vals[0] for key, vals in values.items()}
+    configs = [(None, None, base)] + [(key, v, {**base, key: v}) for key, vals in values.items() for v in vals[1:]]
+    for key, value, config in configs:
+        try:
+            check_args(trial_args(spec, config, str(exp_dir / "trials" / "check"), "check", "check"), build=True)
+        except UsageError as e:
+            what = f"its value {key}={value!r}" if key else f"its first values {base}"
+            raise UsageError(f"the space {space_file} fails a trial with {what} (the config, the options "
+                             f"after -- and the space together): {e}") from e
+    return len(configs)
 
 
 def validate(opts: argparse.Namespace, trial_overrides: list[str], name: str, exp_dir: Path
              ) -> tuple[TrialSpec, dict[str, Any]]:
-    """Check every option and a trial's command line before Ray starts; the spec and the space."""
+    """Check every option and the trials' command lines before Ray starts; the spec and the space."""
     for flag, value in (("--config", opts.config), ("--space", opts.space)):
         if not value:
             raise UsageError(f"{flag} is required (valid: --config configs/<x>.yaml --space "
@@ -164,14 +194,7 @@ def validate(opts: argparse.Namespace, trial_overrides: list[str], name: str, ex
     if opts.metric not in spec.metrics:
         raise UsageError(f"--metric {opts.metric!r} is not reported by the trials (valid: {', '.join(spec.metrics)})")
     space = load_space(opts.space)
-    sample = {key: _sample(domain) for key, domain in space.items()}
-    from lightning_snn.cli_check import check_args
-
-    try:  # the trial's own command line, with one sample of every space key
-        check_args(trial_args(spec, sample, str(exp_dir / "trials" / "check"), "check", "check"))
-    except UsageError as e:
-        raise UsageError(f"a trial's command line (the config, the options after --, the space "
-                         f"{opts.space}) is rejected: {e}") from e
+    check_space(spec, space, opts.space, exp_dir)
     return spec, space
 
 
@@ -200,7 +223,8 @@ def check(argv: list[str]) -> None:
     validate(opts, trial_overrides, name, Path(opts.storage_path).resolve() / name)
 
 
-def run(argv: list[str]) -> tune.ResultGrid:
+def run(argv: list[str]) -> tuple[tune.ResultGrid, bool]:
+    """Run (or resume) the sweep; its results and whether any trial reported the metric."""
     own, trial_overrides = split_args(argv)
     opts = build_parser().parse_args(own)
     storage = Path(opts.storage_path).resolve()
@@ -250,13 +274,14 @@ def run(argv: list[str]) -> tune.ResultGrid:
         )
         metric, mode = opts.metric, opts.mode
     results = tuner.fit()
-    report(results, metric, mode, exp_dir)
-    return results
+    return results, report(results, metric, mode, exp_dir)
 
 
-def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> None:
-    """Print every trial's state and the best trial's config and metric; write ``best.json``."""
+def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> bool:
+    """Print every trial's state and the best trial's config and metric, write ``best.json``;
+    ``False`` (and say so) when no trial reported ``metric``."""
     print(f"\nsweep {exp_dir}: {len(results)} trials, {results.num_errors} failed", flush=True)
+    best, best_value = None, None
     for r in results:
         state = "FAILED" if r.error else "ok"
         value = r.metrics.get(metric) if r.metrics else None
@@ -267,26 +292,29 @@ def report(results: tune.ResultGrid, metric: str, mode: str, exp_dir: Path) -> N
         print(f"  {r.path.rsplit('/', 1)[-1]}: {state} {metric}={value} config={config}")
         if r.error:
             print(f"    error: {str(r.error).strip().splitlines()[-1][:300]}")
-    try:
-        best = results.get_best_result(metric=metric, mode=mode, scope="all")
-    except RuntimeError as exc:
-        print(f"no best trial: {exc}")
-        return
-    best_value = best.metrics_dataframe[metric].max() if mode == "max" else \
-        best.metrics_dataframe[metric].min()
-    summary = {"metric": metric, "mode": mode, "best_value": float(best_value),
+        frame = r.metrics_dataframe
+        if frame is not None and metric in frame and frame[metric].notna().any():
+            v = float(frame[metric].max() if mode == "max" else frame[metric].min())
+            if best_value is None or (v > best_value if mode == "max" else v < best_value):
+                best, best_value = r, v
+    if best is None:
+        print(f"no trial reported {metric}: no best trial (see the errors above)", flush=True)
+        return False
+    summary = {"metric": metric, "mode": mode, "best_value": best_value,
                "config": best.config, "trial_dir": best.path,
                "checkpoint": best.checkpoint.path if best.checkpoint else None}
     (exp_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"best trial: {metric}={best_value:.4f} config={best.config}")
     print(f"best checkpoint: {summary['checkpoint']}", flush=True)
+    return True
 
 
 def sweep(argv: list[str]) -> int:
-    """Run the sweep; 0 if at least one trial finished, else 1."""
-    results = run(argv)
+    """Run the sweep; 0 if every trial finished, 1 if any failed or none reported the metric (the
+    best of the others is still reported and written)."""
+    results, reported = run(argv)
     ray.shutdown()
-    return 0 if len(results) > results.num_errors else 1
+    return 0 if results.num_errors == 0 and reported else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -29,3 +30,17 @@ class SpikingNet(nn.Module):
 
 
 MODELS: Registry[SpikingNet] = Registry("model")
+
+
+def model_class(name: str) -> type[SpikingNet] | None:
+    """The class model ``name`` builds (a registered class, or the annotated return type of a
+    registered factory) without building it; ``None`` if that is not known (also for the base
+    class, whose instances may set their own ``kind``, e.g. an imported NIR graph)."""
+    factory = MODELS.get(name)
+    if not isinstance(factory, type):
+        try:
+            factory = typing.get_type_hints(factory).get("return")
+        except Exception:  # annotations that do not resolve here
+            return None
+    ok = isinstance(factory, type) and issubclass(factory, SpikingNet) and factory is not SpikingNet
+    return factory if ok else None

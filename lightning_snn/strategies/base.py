@@ -54,15 +54,20 @@ class GradientStrategy(ABC):
             raise ValueError(f"number of time steps T must be a positive integer, got {T!r}")
         self.T = T
 
+    @classmethod
+    def check_kind(cls, model_name: str, kind: str) -> None:
+        """Fail, naming both, when this strategy cannot train a model of ``kind`` (callable on the
+        class, before the model is built)."""
+        if kind not in cls.supported_kinds:
+            able = [n for n in STRATEGIES.names() if kind in STRATEGIES.get(n).supported_kinds]
+            raise ValueError(
+                f"strategy {cls.name!r} cannot train model {model_name} (kind {kind!r}); it supports "
+                f"{sorted(cls.supported_kinds)}. Strategies for {kind!r} models: {able}"
+            )
+
     def check_model(self, model: SpikingNet) -> None:
         """Fail early, naming both, when this strategy cannot train ``model``."""
-        if model.kind not in self.supported_kinds:
-            able = [n for n in STRATEGIES.names() if model.kind in STRATEGIES.get(n).supported_kinds]
-            raise ValueError(
-                f"strategy {self.name!r} cannot train model {type(model).__name__} "
-                f"(kind {model.kind!r}); it supports {sorted(self.supported_kinds)}. "
-                f"Strategies for {model.kind!r} models: {able}"
-            )
+        self.check_kind(type(model).__name__, model.kind)
         kinds = sorted({m.kind for m in spiking_layers(model)} - self.supported_neurons)
         if kinds:
             able = [n for n in STRATEGIES.names()

@@ -163,13 +163,10 @@ def _reference(where: str, data: Any) -> Reference:
 
 def load_suite(suite: str | Path) -> Suite:
     """Read and check a suite file (a path or a name under ``configs/suites``)."""
-    import yaml
+    from lightning_snn.yamlfile import load_yaml
 
     path = resolve(str(suite))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SuiteError(f"suite file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    data = load_yaml(path)  # strict: a key twice, a tab, not UTF-8, empty: one line naming file and line
     if data is None:
         raise SuiteError(f"suite file {path} is empty (valid: description, seeds, rows)")
     top = _keys(f"suite {path}", data, {"description", "seeds", "rows"}, {"rows"})
