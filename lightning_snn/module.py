@@ -64,8 +64,8 @@ def resolve_flat_options(hparams: dict[str, Any]) -> None:
                     f"{names} only (valid: set {key} in model.{choice_key}.init_args, or leave "
                     f"model.{key} unset)")
     if not isinstance(hparams["scheduler"], str):
-        for key, unset in (("warmup_steps", 0), ("milestones", ())):
-            if tuple(hparams[key] or ()) != tuple(unset or ()) and hparams[key] != unset:
+        for key in ("warmup_steps", "milestones"):
+            if hparams[key]:  # unset: 0 / ()
                 raise ValueError(
                     f"model.{key} is {hparams[key]!r} but model.scheduler is the class "
                     f"{_class_name(hparams['scheduler'])}: model.{key} applies to the named schedules "
