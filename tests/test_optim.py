@@ -71,7 +71,7 @@ def test_proxy_config_has_the_notebook_s_adam(tmp_path, data_root):
     group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (1e-4, (0.8, 0.99), 1e-8, 1e-6)
     assert not group["decoupled_weight_decay"]  # coupled L2, as the notebook's Adam
-    assert cli.model.strategy.freeze_bn_epoch == 1
+    assert cli.model.strategy.freeze_bn_epoch == 1 and cli.model.strategy.bn_per_step
 
 
 def test_short_names_keep_their_flat_options():

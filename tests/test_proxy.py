@@ -159,6 +159,53 @@ def test_ann_and_snn_keep_separate_running_statistics():
     assert {"layers.2.1.ann_running_mean", "layers.2.1.ann_running_var"} <= set(net.state_dict())
 
 
+def two_conv_snn_by_hand(net, x, T, per_step):
+    """Independent IF SNN (reset to 0, Vth 0.5) of :func:`two_conv` with training-mode batch
+    norms: the output counts and the second BN's running (mean, var) after the pass from (0, 1).
+    The second BN normalises each step's batch (``per_step``) or all T*B maps at once."""
+    (conv1, bn1), (conv2, bn2) = net.layers[0], net.layers[2]
+    fc1, fc2 = net.layers[5][1], net.layers[7][0]
+
+    def if_run(currents):
+        v, out = 0.0, []
+        for cur in currents:
+            v = v + cur
+            s = (v >= 0.5).double()
+            v = v * (1 - s)
+            out.append(s)
+        return out
+
+    def bn(z):
+        return F.batch_norm(z, None, None, bn2.weight, bn2.bias, training=True)
+
+    cur1 = F.batch_norm(conv1(x), None, None, bn1.weight, bn1.bias, training=True)
+    z2 = [conv2(s) for s in if_run([cur1] * T)]
+    mean, var = torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype)
+    for z in (z2 if per_step else [torch.cat(z2)]):  # running <- 0.9 running + 0.1 batch
+        mean, var = 0.9 * mean + 0.1 * z.mean((0, 2, 3)), 0.9 * var + 0.1 * z.var((0, 2, 3), unbiased=True)
+    cur2 = [bn(z) for z in z2] if per_step else list(bn(torch.cat(z2)).chunk(T))
+    s2 = if_run(cur2)
+    s3 = if_run([fc1(F.max_pool2d(s, 2).flatten(1)) for s in s2])
+    return sum(if_run([fc2(s) for s in s3])), mean, var
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_snn_batch_norm_per_step_as_the_notebook(per_step):
+    net, T = two_conv(), 5
+    bn1, bn2 = net.layers[0][1], net.layers[2][1]
+    x = torch.rand(10, 1, 6, 6, dtype=torch.float64) * 2  # B a multiple of T: the static input stays whole
+    with torch.no_grad():
+        c, mean, var = two_conv_snn_by_hand(net, x, T, per_step)
+        out, _ = STRATEGIES.build("proxy", T=T, bn_per_step=per_step).snn(net.train(), x)
+    assert c.sum() > 0
+    torch.testing.assert_close(out, c, rtol=0, atol=1e-12)
+    torch.testing.assert_close(bn2.running_mean, mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bn2.running_var, var, rtol=1e-10, atol=1e-12)
+    assert int(bn2.num_batches_tracked) == (T if per_step else 1)
+    assert int(bn1.num_batches_tracked) == 1  # the static first layer runs once either way
+    assert "forward" not in vars(bn2)  # the per-step forward is removed again
+
+
 def test_frozen_batch_norm_normalises_with_each_network_s_own_running_statistics():
     """From ``freeze_bn_epoch`` on, the SNN normalises with its running statistics, the ANN with
     its own, neither changes them, and the gradient is the eval-mode ReLU twin's."""
@@ -260,6 +307,8 @@ def test_paper_model_and_bad_options():
         STRATEGIES.build("proxy", T=3, reset="soft")
     with pytest.raises(ValueError, match=r"freeze_bn_epoch must be an epoch >= 0 or null, got -1"):
         STRATEGIES.build("proxy", T=3, freeze_bn_epoch=-1)
+    with pytest.raises(ValueError, match=r"bn_per_step must be true or false, got 1"):
+        STRATEGIES.build("proxy", T=3, bn_per_step=1)
     with pytest.raises(ValueError, match=r"no argument\(s\) \[.loss.\]"):  # the loss is the module's (model.loss)
         STRATEGIES.build("proxy", T=3, loss="ce")
     lif_net = MODELS.build("proxy_convnet", input_shape=(1, 6, 6), num_classes=3,

@@ -22,17 +22,18 @@ is ``model.loss.mse_weight: 1.0``; the default is the cross-entropy of the outpu
 
 Batch norm, as in the notebook: the two networks share each batch norm's affine parameters
 (gamma, beta) but keep separate running statistics. The module's own buffers are the SNN's (the
-network that is evaluated; its training pass folds the T*B spike maps of all steps into one batch);
-the ANN's are the extra buffers ``ann_running_mean`` / ``ann_running_var`` /
-``ann_num_batches_tracked`` of the same module, swapped in for the ANN's pass. With
-``freeze_bn_epoch: 1`` (the notebook) every batch norm of both networks runs in evaluation mode
-from the second epoch on, also while training: the running statistics stay at their values after
-the first epoch, gamma and beta keep training, and the backward sees a fixed affine map.
+network that is evaluated; its training pass folds the T*B spike maps of all steps into one batch,
+or with ``bn_per_step: true``, the notebook's, normalises each step's batch on its own); the ANN's
+are the extra buffers ``ann_running_mean`` / ``ann_running_var`` / ``ann_num_batches_tracked`` of
+the same module, swapped in for the ANN's pass. With ``freeze_bn_epoch: 1`` (the notebook) every
+batch norm of both networks runs in evaluation mode from the second epoch on, also while training:
+the running statistics stay at their values after the first epoch, gamma and beta keep training,
+and the backward sees a fixed affine map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Literal
 
@@ -102,6 +103,33 @@ def if_dynamics(layer: SpikingNeuron, x: Tensor, reset: str = "hard") -> Tensor:
 
 
 @contextmanager
+def per_step_batch_norms(model: nn.Module, T: int, batch: int) -> Iterator[None]:
+    """Batch norms of ``model`` in training mode normalise each time step's ``batch`` rows of a
+    folded ``[T*batch, ...]`` input on their own, one running-statistic update per step (the
+    notebook's SNN calls each batch norm once per step); a static ``[batch, ...]`` input (the
+    direct-encoded first layer, run once) is unchanged."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def stepwise(bn: nn.modules.batchnorm._BatchNorm) -> Callable[[Tensor], Tensor]:
+        plain = type(bn).forward
+
+        def forward(z: Tensor) -> Tensor:
+            if not bn.training or T == 1 or z.shape[0] != T * batch:
+                return plain(bn, z)
+            return torch.cat([plain(bn, zt) for zt in z.chunk(T)])  # time-major fold: step t's rows
+
+        return forward
+
+    for bn in bns:
+        bn.forward = stepwise(bn)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for bn in bns:
+            del bn.forward
+
+
+@contextmanager
 def as_relu_network(model: nn.Module, output: SpikingNeuron | None = None) -> Iterator[None]:
     """Run ``model`` as its ReLU twin: spiking layers are ReLU, the ``output`` spiking layer (the
     one whose spikes are the model's output, if any) is the identity, and batch norms read and
@@ -131,6 +159,9 @@ class Proxy(GradientStrategy):
         freeze_bn_epoch: from this (0-based) training epoch on, every batch norm of both
             networks runs in evaluation mode while training (running statistics frozen, affine
             parameters still trained); the notebook: 1. ``None``: never.
+        bn_per_step: the SNN's batch norms normalise each time step's batch on its own (the
+            notebook: one call, one running-statistic update per step) instead of the T*B maps of
+            all steps at once.
     """
 
     name = "proxy"
@@ -138,7 +169,7 @@ class Proxy(GradientStrategy):
     supported_neurons = frozenset({"if", "lif"})  # IF (leak 1) paired with ReLU
 
     def __init__(self, T: int, reset: Literal["hard", "subtract"] = "hard",
-                 freeze_bn_epoch: int | None = None) -> None:
+                 freeze_bn_epoch: int | None = None, bn_per_step: bool = False) -> None:
         super().__init__(T)
         if reset not in RESETS:
             raise ValueError(f"proxy reset must be one of {RESETS}, got {reset!r}")
@@ -146,8 +177,12 @@ class Proxy(GradientStrategy):
                                             or not isinstance(freeze_bn_epoch, int) or freeze_bn_epoch < 0):
             raise ValueError(f"proxy freeze_bn_epoch must be an epoch >= 0 or null, got {freeze_bn_epoch!r} "
                              "(valid: 1 freezes batch norm after the first epoch as the notebook; null: never)")
+        if not isinstance(bn_per_step, bool):
+            raise ValueError(f"proxy bn_per_step must be true or false, got {bn_per_step!r} "
+                             "(valid: true, the notebook's step-by-step batch norm; false)")
         self.reset = reset
         self.freeze_bn_epoch = freeze_bn_epoch
+        self.bn_per_step = bn_per_step
         self.bn_frozen = False
 
     def prepare_model(self, model: SpikingNet) -> None:
@@ -179,7 +214,8 @@ class Proxy(GradientStrategy):
             last["layer"], last["out"] = layer, if_dynamics(layer, inp, self.reset)
             return last["out"]  # type: ignore[return-value]
 
-        with torch.no_grad(), neuron_dynamics(model, run):
+        steps = per_step_batch_norms(model, self.T, x.shape[0]) if self.bn_per_step else nullcontext()
+        with torch.no_grad(), neuron_dynamics(model, run), steps:
             out = model(self.encode(x))
         if last.get("out") is out:  # the output is a spiking layer's spikes: count them
             return out.sum(0), last["layer"]  # type: ignore[return-value]
