@@ -28,8 +28,7 @@ def _bad(option: str, value: Any, valid: str) -> ValueError:
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
-# The per-step schedules by name, and the flat options they read.
-SCHEDULES = ("cosine", "multistep", "constant")
+# The flat options the per-step schedules by name read.
 SCHEDULE_DEFAULTS: dict[str, Any] = {"gamma": 0.1}
 
 OptimizerChoice = Union[Literal["sgd", "adam", "adamw"], OptimizerCallable]
