@@ -55,6 +55,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":?')
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 _EXPECTED = re.compile(r"Expected a <class '(\w+)'>\. Got value: (.*)")
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*)\]")
+_GIVEN = re.compile(r"Given value: (.*)")
 
 
 def parser_error_line(message: str) -> str:
@@ -74,6 +76,12 @@ def parser_error_line(message: str) -> str:
             if got.lower() in ("nan", "inf", "-inf", ".nan", ".inf", "-.inf"):
                 valid = "a finite number"
             return f"{key}: expected {valid}, got {got!r} (valid: {valid})"
+    names = [m.group(1) for ln in lines for m in [_LITERAL.search(ln)] if m]
+    given = [m.group(1) for ln in lines for m in [_GIVEN.search(ln)] if m]
+    if names and given and any("dot import path" in ln for ln in lines):
+        # a name or a class (model.optimizer / model.scheduler): say both forms
+        valid = f"one of {names[-1]}, or a class: class_path + init_args"
+        return f"{key}: got {given[-1].strip()!r} (valid: {valid})"
     rest = [_PARSER_KEY.sub("", ln).strip() for ln in lines]
     reasons = [ln for ln in rest if ln and not ln.startswith(
         ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>"))]

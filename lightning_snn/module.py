@@ -6,10 +6,11 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -23,18 +24,66 @@ def _bad(option: str, value: Any, valid: str) -> ValueError:
     return ValueError(f"model.{option} must be {valid}, got {value!r} (valid: {valid})")
 
 
-def _check_options(*, T: Any, lr: float, momentum: float, weight_decay: float, gamma: float,
-                   warmup_steps: int, milestones: Sequence[int]) -> None:
-    """Numeric options out of range fail here, naming the option, not later inside torch."""
+# The short optimiser names and the defaults of the flat options they read (``None``: unset).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+# The flat options the per-step schedules by name read.
+SCHEDULE_DEFAULTS: dict[str, Any] = {"gamma": 0.1}
+
+OptimizerChoice = Union[Literal["sgd", "adam", "adamw"], OptimizerCallable]
+SchedulerChoice = Union[Literal["cosine", "multistep", "constant"], LRSchedulerCallable]
+
+
+def _class_name(choice: Any) -> str:
+    """``torch.optim.Adam`` for an injected optimiser / schedule (a partial, a class, a function)."""
+    if hasattr(choice, "get") and choice.get("class_path"):  # the CLI's config dict
+        return str(choice["class_path"])
+    f = getattr(choice, "func", choice)
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def resolve_flat_options(hparams: dict[str, Any]) -> None:
+    """Fill the unset flat options that a short optimiser name / named schedule reads with their
+    defaults (in place, so checkpoints and configs that spell the defaults out compare equal);
+    with an injected class a set flat option is an error (its ``init_args`` hold its settings, and a
+    flat value would be silently unused)."""
+    groups = [("optimizer", OPTIMIZER_DEFAULTS, "(sgd, adam, adamw)"),
+              ("scheduler", SCHEDULE_DEFAULTS, "(cosine, multistep, constant)")]
+    for choice_key, defaults, names in groups:
+        choice = hparams[choice_key]
+        injected = not isinstance(choice, str)
+        for key, default in defaults.items():
+            if not injected:
+                hparams[key] = default if hparams[key] is None else hparams[key]
+            elif hparams[key] is not None:
+                raise ValueError(
+                    f"model.{key} is {hparams[key]!r} but model.{choice_key} is the class "
+                    f"{_class_name(choice)}: the flat model.{key} applies to the named {choice_key}s "
+                    f"{names} only (valid: set {key} in model.{choice_key}.init_args, or leave "
+                    f"model.{key} unset)")
+    if not isinstance(hparams["scheduler"], str):
+        for key in ("warmup_steps", "milestones"):
+            if hparams[key]:  # unset: 0 / ()
+                raise ValueError(
+                    f"model.{key} is {hparams[key]!r} but model.scheduler is the class "
+                    f"{_class_name(hparams['scheduler'])}: model.{key} applies to the named schedules "
+                    f"(cosine, multistep, constant) only (valid: leave model.{key} unset)")
+
+
+def _check_options(*, T: Any, lr: float | None, momentum: float | None, weight_decay: float | None,
+                   gamma: float | None, warmup_steps: int, milestones: Sequence[int]) -> None:
+    """Numeric options out of range fail here, naming the option, not later inside torch
+    (``None``: unused, the injected optimiser / schedule class holds its own settings)."""
     if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
         raise _bad("T", T, "a positive integer")
-    if not (math.isfinite(lr) and lr > 0):
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise _bad("lr", lr, "a finite number > 0")
-    if not 0.0 <= momentum < 1.0:
+    if momentum is not None and not 0.0 <= momentum < 1.0:
         raise _bad("momentum", momentum, "in [0, 1)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise _bad("weight_decay", weight_decay, "a finite number >= 0")
-    if not (math.isfinite(gamma) and gamma > 0):
+    if gamma is not None and not (math.isfinite(gamma) and gamma > 0):
         raise _bad("gamma", gamma, "a finite number > 0")
     if warmup_steps < 0:
         raise _bad("warmup_steps", warmup_steps, "an integer >= 0")
@@ -57,11 +106,17 @@ class SNNModule(pl.LightningModule):
         loss: the training and evaluation loss (``lightning_snn.loss``): ``per_step`` (mean of
             per-step losses or loss of the time-averaged output; unset: the strategy's) and
             ``mse_weight`` (OTTT's ``loss_lambda``).
-        optimizer: ``sgd``, ``adam`` or ``adamw``.
-        lr, momentum, weight_decay, nesterov: optimiser settings (momentum/nesterov: SGD only).
-        scheduler: ``cosine`` (to 0 over the run), ``multistep`` (x``gamma`` at ``milestones``
-            epochs) or ``constant``; stepped every optimiser step.
-        warmup_steps: linear learning-rate warm-up over this many optimiser steps.
+        optimizer: the short names ``sgd``, ``adam``, ``adamw`` (set by the flat options below),
+            or any optimiser class injected Lightning's way (``class_path`` + ``init_args`` in
+            YAML, e.g. ``torch.optim.Adam`` with ``betas``, ``timm.optim.Adan``), which is called
+            with the parameters and holds all its settings in ``init_args``.
+        lr, momentum, weight_decay, nesterov: settings of a short-named optimiser (unset: 0.1,
+            0.9, 5e-4, false; momentum / nesterov: SGD only); with an injected class, leave unset.
+        scheduler: per-step schedules by name: ``cosine`` (to 0 over the run), ``multistep``
+            (x``gamma`` at ``milestones`` epochs, gamma unset: 0.1) or ``constant``; or any
+            learning-rate scheduler class injected like the optimiser (called with the optimiser,
+            stepped every epoch, ``ReduceLROnPlateau`` on ``val/loss``).
+        warmup_steps: linear learning-rate warm-up over this many optimiser steps (named schedules).
         compile: compile the network with ``torch.compile`` (in place: parameter names and
             checkpoints are unchanged). Stateless layers run on the folded ``[T*B, ...]`` tensor and
             each neuron layer on the fused back end (``neuron.backend``) is one custom-op node, so
@@ -79,14 +134,14 @@ class SNNModule(pl.LightningModule):
         strategy_args: dict[str, Any] | None = None,
         T: int = 4,
         loss: LossConfig | None = None,
-        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        nesterov: bool = False,
-        scheduler: Literal["cosine", "multistep", "constant"] = "cosine",
+        optimizer: OptimizerChoice = "sgd",
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        nesterov: bool | None = None,
+        scheduler: SchedulerChoice = "cosine",
         milestones: Sequence[int] = (),
-        gamma: float = 0.1,
+        gamma: float | None = None,
         warmup_steps: int = 0,
         compile: bool = False,
     ) -> None:
@@ -94,6 +149,8 @@ class SNNModule(pl.LightningModule):
         _check_options(T=T, lr=lr, momentum=momentum, weight_decay=weight_decay, gamma=gamma,
                        warmup_steps=warmup_steps, milestones=milestones)
         self.save_hyperparameters()
+        resolve_flat_options(self.hparams)
+        self._choices = {"optimizer": optimizer, "scheduler": scheduler}
         self.neuron = neuron or NeuronConfig()
         # defaults stored as such, so a checkpoint compares equal to a config that spells them out
         if neuron is None:
@@ -118,6 +175,7 @@ class SNNModule(pl.LightningModule):
         self.strategy: GradientStrategy = STRATEGIES.build(strategy, option="model.strategy_args", T=T,
                                                            **(strategy_args or {}))
         self.strategy.check_model(self.net)
+        self.strategy.prepare_model(self.net)
         if compile:  # stateless layers and each neuron's fused op compiled; T is not unrolled
             self.net.compile()
         # one loss for training and evaluation (an online strategy calls it per step)
@@ -154,7 +212,6 @@ class SNNModule(pl.LightningModule):
         per time step back-propagates, with the DDP gradient all-reduce only at the last step of an
         accumulating strategy, or steps the optimiser every time (``update_every_step``)."""
         opt = self.optimizers()
-        scheds = self.lr_schedulers()
         wrapped = self.trainer.model  # the DDP wrapper under DDP, else the module itself
         no_sync = getattr(wrapped, "no_sync", None)
         every_step = self.strategy.update_every_step
@@ -173,9 +230,26 @@ class SNNModule(pl.LightningModule):
         loss, out = self.strategy.train_step(self.net, x, y, self.loss, backward)
         if not every_step:
             opt.step()
-        for s in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
-            s.step()  # one schedule step per batch, for both kinds of update
+        self._step_manual_schedulers("step")  # one step per batch, for both kinds of update
         return loss, out
+
+    def _step_manual_schedulers(self, interval: str) -> None:
+        """Under manual optimisation Lightning steps no scheduler: step those of ``interval``."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval:
+                if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    metric = self.trainer.callback_metrics.get(config.monitor or "")
+                    if metric is not None:
+                        config.scheduler.step(metric)
+                else:
+                    config.scheduler.step()
+
+    def on_train_epoch_start(self) -> None:
+        self.strategy.on_train_epoch_start(self.net, self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            self._step_manual_schedulers("epoch")
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
@@ -203,17 +277,31 @@ class SNNModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = self.parameters()
-        if hp.optimizer == "sgd":
+        opt_choice, sched_choice = self._injected("optimizer"), self._injected("scheduler")
+        if opt_choice is not None:  # an injected class: its init_args are all its settings
+            opt = opt_choice(params)
+        elif hp.optimizer == "sgd":
             opt = torch.optim.SGD(
                 params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
                 nesterov=hp.nesterov,
             )
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if sched_choice is None:  # a named schedule, stepped every optimiser step
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = sched_choice(opt)
+        config: dict[str, Any] = {"scheduler": sched, "interval": "epoch"}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": opt, "lr_scheduler": config}
+
+    def _injected(self, key: str) -> Any:
+        """The injected optimiser / scheduler callable of ``key`` (``None`` for a short name).
+        The constructor's argument, not the hyper-parameter: under the CLI the latter is the
+        config's ``class_path`` / ``init_args`` dict."""
+        choice = self._choices[key]
+        return None if isinstance(choice, str) else choice
 
     def _lr_factor(self, step: int) -> float:
         hp = self.hparams

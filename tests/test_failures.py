@@ -399,6 +399,9 @@ def test_sigterm_and_sigusr1_save_at_a_step_then_resume_exactly(data_root, tmp_p
     (["--model.T=abc"], "model.T: expected an integer, got 'abc'"),
     (["--model.strategy=eprop"], "unknown strategy 'eprop'; valid choices: bptt, dsr"),
     (["--model.network=nope"], "unknown model 'nope'"),
+    (["--model.optimizer=torch.optim.Adam"],  # the demo sets the flat model.lr
+     "model.lr is 0.002 but model.optimizer is the class torch.optim.Adam: the flat model.lr applies"),
+    (["--model.optimizer=rmsprop"], "model.optimizer: got 'rmsprop' (valid: one of 'sgd', 'adam', 'adamw', or a class"),
 ])
 def test_bad_option_is_one_line_naming_it_with_exit_2(override, expected, data_root, tmp_path, capsys):
     line = one_line_error(capsys, fit_args(data_root, tmp_path, *override))

@@ -111,6 +111,20 @@ def test_space_file_to_tune_domains_and_overrides(tmp_path):
             load_space(f)
 
 
+def test_sweep_of_an_injected_optimizer_s_setting(data_root):
+    """A config whose optimiser is a class (the proxy config's Adam) is swept through its
+    ``init_args``; the flat ``model.lr`` of the short names is then a one-line error."""
+    from lightning_snn.cli import main
+
+    base = ["--config", str(ROOT / "configs" / "proxy" / "fmnist_proxy.yaml"), f"--data.root={data_root}",
+            "--model.network=proxy_convnet", "--model.network_args={'channels': [4], 'hidden': []}"]
+    cli = main(base + to_overrides({"model.optimizer.init_args.lr": 3e-4}), run=False)
+    assert cli.model.hparams["optimizer"]["init_args"]["lr"] == 3e-4
+    assert cli.model.hparams["optimizer"]["init_args"]["betas"] == [0.8, 0.99]  # the rest kept
+    with pytest.raises(ValueError, match="model.lr is 0.0003 but model.optimizer is the class torch.optim.Adam"):
+        main(base + to_overrides({"model.lr": 3e-4}), run=False)
+
+
 def test_every_space_file_loads():
     for f in (ROOT / "tune" / "spaces").glob("*.yaml"):
         assert load_space(f)

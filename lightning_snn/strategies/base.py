@@ -115,5 +115,12 @@ class GradientStrategy(ABC):
         """Diagnostics of the last backward pass (e.g. a solver's residual), logged per step."""
         return {}
 
+    def prepare_model(self, model: SpikingNet) -> None:
+        """Add the state this strategy keeps in ``model`` (buffers saved in its checkpoints);
+        called once, after :meth:`check_model`. Default: none."""
+
+    def on_train_epoch_start(self, model: SpikingNet, epoch: int) -> None:
+        """Called at the start of every training epoch (0-based ``epoch``, also on resume)."""
+
 
 STRATEGIES: Registry[GradientStrategy] = Registry("strategy", name_attr="name")

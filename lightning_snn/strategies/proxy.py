@@ -20,15 +20,21 @@ The loss is the module's (``lightning_snn.loss``) on the output ``[1, B, classes
 ``mean((c - onehot(y))^2)`` over B x classes (one spike for the true class, none for the others),
 is ``model.loss.mse_weight: 1.0``; the default is the cross-entropy of the output.
 
-Batch norm: the running statistics belong to the SNN (the network that is evaluated): the SNN's
-training pass updates them (statistics over the T*B spike maps of all steps), the ANN's pass
-normalises with its own batch statistics and leaves them unchanged.
+Batch norm, as in the notebook: the two networks share each batch norm's affine parameters
+(gamma, beta) but keep separate running statistics. The module's own buffers are the SNN's (the
+network that is evaluated; its training pass folds the T*B spike maps of all steps into one batch,
+or with ``bn_per_step: true``, the notebook's, normalises each step's batch on its own); the ANN's
+are the extra buffers ``ann_running_mean`` / ``ann_running_var`` / ``ann_num_batches_tracked`` of
+the same module, swapped in for the ANN's pass. With ``freeze_bn_epoch: 1`` (the notebook) every
+batch norm of both networks runs in evaluation mode from the second epoch on, also while training:
+the running statistics stay at their values after the first epoch, gamma and beta keep training,
+and the backward sees a fixed affine map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -40,6 +46,46 @@ from lightning_snn.neurons import SpikingNeuron, neuron_dynamics
 from lightning_snn.strategies.base import STRATEGIES, GradientStrategy
 
 RESETS = ("hard", "subtract")
+# a batch norm's running statistics; the ANN's copy of each is the buffer ``ann_<name>``
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms of ``model`` that track running statistics."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def add_ann_statistics(model: nn.Module) -> None:
+    """Give every batch norm of ``model`` the ANN's own running statistics, freshly initialised
+    (mean 0, variance 1, no batches), as buffers saved with the model; existing ones are kept."""
+    for bn in batch_norms(model):
+        if not hasattr(bn, "ann_running_mean"):
+            bn.register_buffer("ann_running_mean", torch.zeros_like(bn.running_mean))
+            bn.register_buffer("ann_running_var", torch.ones_like(bn.running_var))
+            bn.register_buffer("ann_num_batches_tracked", torch.zeros_like(bn.num_batches_tracked))
+
+
+def _swap_statistics(bns: list[nn.modules.batchnorm._BatchNorm]) -> None:
+    for bn in bns:
+        b = bn._buffers
+        for name in BN_STATISTICS:
+            b[name], b[f"ann_{name}"] = b[f"ann_{name}"], b[name]
+
+
+@contextmanager
+def frozen_batch_norms(model: nn.Module) -> Iterator[None]:
+    """Every batch norm of ``model`` in evaluation mode (normalise with the running statistics,
+    leave them unchanged), whatever the model's mode; the modes are restored on exit."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [bn.training for bn in bns]
+    for bn in bns:
+        bn.eval()
+    try:
+        yield
+    finally:
+        for bn, mode in zip(bns, modes):
+            bn.train(mode)
 
 
 def if_dynamics(layer: SpikingNeuron, x: Tensor, reset: str = "hard") -> Tensor:
@@ -57,24 +103,49 @@ def if_dynamics(layer: SpikingNeuron, x: Tensor, reset: str = "hard") -> Tensor:
 
 
 @contextmanager
+def per_step_batch_norms(model: nn.Module, T: int, batch: int) -> Iterator[None]:
+    """Batch norms of ``model`` in training mode normalise each time step's ``batch`` rows of a
+    folded ``[T*batch, ...]`` input on their own, one running-statistic update per step (the
+    notebook's SNN calls each batch norm once per step); a static ``[batch, ...]`` input (the
+    direct-encoded first layer, run once) is unchanged."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def stepwise(bn: nn.modules.batchnorm._BatchNorm) -> Callable[[Tensor], Tensor]:
+        plain = type(bn).forward
+
+        def forward(z: Tensor) -> Tensor:
+            if not bn.training or T == 1 or z.shape[0] != T * batch:
+                return plain(bn, z)
+            return torch.cat([plain(bn, zt) for zt in z.chunk(T)])  # time-major fold: step t's rows
+
+        return forward
+
+    for bn in bns:
+        bn.forward = stepwise(bn)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for bn in bns:
+            del bn.forward
+
+
+@contextmanager
 def as_relu_network(model: nn.Module, output: SpikingNeuron | None = None) -> Iterator[None]:
     """Run ``model`` as its ReLU twin: spiking layers are ReLU, the ``output`` spiking layer (the
-    one whose spikes are the model's output, if any) is the identity, and batch norms use batch
-    statistics without touching the running ones."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
+    one whose spikes are the model's output, if any) is the identity, and batch norms read and
+    update the ANN's running statistics (:func:`add_ann_statistics`), not the SNN's."""
+    add_ann_statistics(model)
+    bns = batch_norms(model)
 
     def relu(layer: SpikingNeuron, x: Tensor) -> Tensor:
         return x if layer is output else F.relu(x)
 
-    for bn in bns:
-        bn.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
+    _swap_statistics(bns)
     try:
         with neuron_dynamics(model, relu):
             yield
     finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
+        _swap_statistics(bns)
 
 
 @STRATEGIES.register("proxy")
@@ -85,17 +156,41 @@ class Proxy(GradientStrategy):
         T: SNN time steps (the paper's Fashion-MNIST notebook: 15).
         reset: ``hard`` (reset to 0 after a spike, the paper's spikingjelly IF node) or
             ``subtract`` (the project's reset by subtraction).
+        freeze_bn_epoch: from this (0-based) training epoch on, every batch norm of both
+            networks runs in evaluation mode while training (running statistics frozen, affine
+            parameters still trained); the notebook: 1. ``None``: never.
+        bn_per_step: the SNN's batch norms normalise each time step's batch on its own (the
+            notebook: one call, one running-statistic update per step) instead of the T*B maps of
+            all steps at once.
     """
 
     name = "proxy"
     supported_kinds = frozenset({"feedforward"})
     supported_neurons = frozenset({"if", "lif"})  # IF (leak 1) paired with ReLU
 
-    def __init__(self, T: int, reset: Literal["hard", "subtract"] = "hard") -> None:
+    def __init__(self, T: int, reset: Literal["hard", "subtract"] = "hard",
+                 freeze_bn_epoch: int | None = None, bn_per_step: bool = False) -> None:
         super().__init__(T)
         if reset not in RESETS:
             raise ValueError(f"proxy reset must be one of {RESETS}, got {reset!r}")
+        if freeze_bn_epoch is not None and (isinstance(freeze_bn_epoch, bool)
+                                            or not isinstance(freeze_bn_epoch, int) or freeze_bn_epoch < 0):
+            raise ValueError(f"proxy freeze_bn_epoch must be an epoch >= 0 or null, got {freeze_bn_epoch!r} "
+                             "(valid: 1 freezes batch norm after the first epoch as the notebook; null: never)")
+        if not isinstance(bn_per_step, bool):
+            raise ValueError(f"proxy bn_per_step must be true or false, got {bn_per_step!r} "
+                             "(valid: true, the notebook's step-by-step batch norm; false)")
         self.reset = reset
+        self.freeze_bn_epoch = freeze_bn_epoch
+        self.bn_per_step = bn_per_step
+        self.bn_frozen = False
+
+    def prepare_model(self, model: SpikingNet) -> None:
+        """The ANN's running statistics, saved in the model's checkpoints."""
+        add_ann_statistics(model)
+
+    def on_train_epoch_start(self, model: SpikingNet, epoch: int) -> None:
+        self.bn_frozen = self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch
 
     def check_model(self, model: SpikingNet) -> None:
         super().check_model(model)
@@ -119,7 +214,8 @@ class Proxy(GradientStrategy):
             last["layer"], last["out"] = layer, if_dynamics(layer, inp, self.reset)
             return last["out"]  # type: ignore[return-value]
 
-        with torch.no_grad(), neuron_dynamics(model, run):
+        steps = per_step_batch_norms(model, self.T, x.shape[0]) if self.bn_per_step else nullcontext()
+        with torch.no_grad(), neuron_dynamics(model, run), steps:
             out = model(self.encode(x))
         if last.get("out") is out:  # the output is a spiking layer's spikes: count them
             return out.sum(0), last["layer"]  # type: ignore[return-value]
@@ -135,8 +231,9 @@ class Proxy(GradientStrategy):
 
     def forward(self, model: SpikingNet, x: Tensor) -> Tensor:
         """``[1, B, classes]``: the SNN's output in value, the ANN's gradient when training."""
-        c, output = self.snn(model, x)
-        if not torch.is_grad_enabled():
-            return c.unsqueeze(0)
-        y_ann = self.ann(model, x, output)
+        with frozen_batch_norms(model) if self.bn_frozen else nullcontext():
+            c, output = self.snn(model, x)
+            if not torch.is_grad_enabled():
+                return c.unsqueeze(0)
+            y_ann = self.ann(model, x, output)
         return (y_ann + (c - y_ann).detach()).unsqueeze(0)
