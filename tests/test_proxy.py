@@ -307,7 +307,7 @@ def test_paper_model_and_bad_options():
         STRATEGIES.build("proxy", T=3, reset="soft")
     with pytest.raises(ValueError, match=r"freeze_bn_epoch must be an epoch >= 0 or null, got -1"):
         STRATEGIES.build("proxy", T=3, freeze_bn_epoch=-1)
-    with pytest.raises(ValueError, match=r"bn_per_step must be true or false, got 1"):
+    with pytest.raises(ValueError, match=r"argument bn_per_step: expected true or false, got 1"):
         STRATEGIES.build("proxy", T=3, bn_per_step=1)
     with pytest.raises(ValueError, match=r"no argument\(s\) \[.loss.\]"):  # the loss is the module's (model.loss)
         STRATEGIES.build("proxy", T=3, loss="ce")

@@ -285,7 +285,7 @@ def test_unknown_partition_names_the_ones_sinfo_reports(slurm_cluster, tmp_path,
 @pytest.mark.parametrize("args, expected", [
     (["--", "--model.T", "abc"], "model.T: expected an integer, got 'abc'"),
     (["--", "--model.no_such_option=1"], "no_such_option"),
-    (["--config", "BAD_YAML"], "Problems parsing config"),
+    (["--config", "BAD_YAML"], "bad.yaml line 3, column 1: while parsing a flow sequence"),
 ])
 def test_training_arguments_are_parsed_by_the_jobs_parser_before_rendering(args, expected, tmp_path, capsys,
                                                                            monkeypatch):

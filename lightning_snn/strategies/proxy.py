@@ -177,9 +177,6 @@ class Proxy(GradientStrategy):
                                             or not isinstance(freeze_bn_epoch, int) or freeze_bn_epoch < 0):
             raise ValueError(f"proxy freeze_bn_epoch must be an epoch >= 0 or null, got {freeze_bn_epoch!r} "
                              "(valid: 1 freezes batch norm after the first epoch as the notebook; null: never)")
-        if not isinstance(bn_per_step, bool):
-            raise ValueError(f"proxy bn_per_step must be true or false, got {bn_per_step!r} "
-                             "(valid: true, the notebook's step-by-step batch norm; false)")
         self.reset = reset
         self.freeze_bn_epoch = freeze_bn_epoch
         self.bn_per_step = bn_per_step
