@@ -238,12 +238,15 @@ CROSS = {
     "convnet": {"channels": [4, "M", 8, "M"], "hidden": 16},
     "f_mlp": {"hidden": 32},
 }
-# Norse's IF resets to 0 instead of subtracting Vth: the measured fraction of equal spikes per
-# layer (T = 6, 32 images) for the IF models, and of equal predictions; every other case is exact
+# Norse's IF resets to 0 instead of subtracting Vth: lower bounds of the fraction of equal spikes per
+# layer (T = 6, 32 images) for the IF models, and of equal predictions, 0.03 below what was measured
+# (mlp 0.967 / 0.937; convnet 0.930, 0.864, 0.878 / 0.843; f_mlp 0.968 / 1.0): the tiny nets are
+# trained in the test, and another machine's summation order trains slightly other weights. The
+# exact check is that our network run with Norse's rule gives Norse's spikes. Every other case is exact.
 NORSE_IF = {
-    "mlp": ({"layers_1": 0.967}, 0.937),
-    "convnet": ({"layers_1": 0.930, "layers_4": 0.864, "layers_7": 0.878}, 0.843),
-    "f_mlp": ({"neurons_0": 0.968}, 1.0),
+    "mlp": ({"layers_1": 0.937}, 0.907),
+    "convnet": ({"layers_1": 0.900, "layers_4": 0.834, "layers_7": 0.848}, 0.813),
+    "f_mlp": ({"neurons_0": 0.938}, 0.97),
 }
 
 

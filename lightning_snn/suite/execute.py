@@ -264,7 +264,9 @@ def execute(run: RunSpec, opts: Options) -> str:
         _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None})
         try:
             cli = main(fit_args(run, opts, attempt, ckpt), parser_kwargs=_NO_EXIT, save_config_kwargs={"overwrite": True})
+            _finish_wandb(opts, 0)
         except BaseException as e:
+            _finish_wandb(opts, 1)
             _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": type(e).__name__})
             if isinstance(e, Exception) and not _interrupted(e):
                 write_json_atomic(d / FAILED, {"error": f"{type(e).__name__}: {one_line(e)}", "type": type(e).__name__,
@@ -273,6 +275,15 @@ def execute(run: RunSpec, opts: Options) -> str:
         _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": "finished"})
         write_json_atomic(d / RESULT, collect_result(run, cli, wall_seconds(d), d))
         return "finished"
+
+
+def _finish_wandb(opts: Options, code: int) -> None:
+    """Close the run's W&B run here, so that its files are complete when the run's result is."""
+    if opts.wandb_project:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=code)
 
 
 def _interrupted(e: BaseException) -> bool:
