@@ -179,7 +179,7 @@ def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: 
         steps = plan.steps_per_run(c.config, c.train_size)
         seconds, hours = None, None
         if c.missing_data:
-            timing = c.missing_data
+            timing = c.missing_data.split(". Run `")[0]  # the reason, without the set-up hint
         elif steps is None:
             timing = "unknown number of steps"
         elif not measure:
@@ -192,7 +192,7 @@ def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: 
             hours = todo * steps * sec * int(t.devices if isinstance(t.devices, int) else 1) / 3600.0
             total += hours
         table.append({"row": name, "runs": len(mine), **{k: int(v) for k, v in states.items()},
-                      "devices/run": f"{t.accelerator}:{t.devices}", "steps/run": steps,
+                      "devices/run": f"{t.accelerator}:{t.devices}", "steps/run": steps if steps is not None else "-",
                       "s/step": f"{seconds:.3f}" if seconds is not None else "-",
                       "est. device-hours": f"{hours:.3g}" if hours is not None else "?", "note": timing})
     left = sum(1 for _, s, _ in lines if s in ("pending", "interrupted"))
