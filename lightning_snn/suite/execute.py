@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import pytorch_lightning as pl
 import torch
 
+from lightning_snn.atomic import write_json
 from lightning_snn.errors import one_line
 from lightning_snn.report import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
@@ -75,12 +76,6 @@ def global_rank() -> int:
         if os.environ.get(var):
             return int(os.environ[var])
     return 0
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -269,11 +264,11 @@ def execute(run: RunSpec, opts: Options) -> str:
             _finish_wandb(opts, 1)
             _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": type(e).__name__})
             if isinstance(e, Exception) and not _interrupted(e):
-                write_json_atomic(d / FAILED, {"error": f"{type(e).__name__}: {one_line(e)}", "type": type(e).__name__,
+                write_json(d / FAILED, {"error": f"{type(e).__name__}: {one_line(e)}", "type": type(e).__name__,
                                                "attempt": attempt, "traceback": traceback.format_exc()})
             raise
         _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": "finished"})
-        write_json_atomic(d / RESULT, collect_result(run, cli, wall_seconds(d), d))
+        write_json(d / RESULT, collect_result(run, cli, wall_seconds(d), d))
         return "finished"
 
 
