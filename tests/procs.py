@@ -40,6 +40,24 @@ def tiny_fit_args(data_root: Path, run_dir: Path, *, batch_size: int = 16, epoch
     ]
 
 
+def mlp_checkpoint(path: Path, hidden: int) -> Path:
+    """A checkpoint of the README config's MLP (784-``hidden``-10, IF, T = 4) after two AdamW steps on
+    random images: a trained-looking network for export and report tests, in a second."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_snn.module import SNNModule
+
+    module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [hidden]},
+                       optimizer="adamw", lr=2e-3)
+    data = TensorDataset(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    trainer.save_checkpoint(path)
+    return path
+
+
 def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m lightning_snn ARGS`` in a child process; fails the test with its output on error."""
     res = subprocess.run([sys.executable, "-m", "lightning_snn", *args], cwd=ROOT, env=child_env(),

@@ -23,6 +23,7 @@ from lightning_snn.nir.verify import agreement, class_scores, record_spikes
 from lightning_snn.nir_import import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
+from procs import mlp_checkpoint
 
 # tiny versions of every model: (input shape, constructor arguments)
 TINY = {
@@ -389,21 +390,10 @@ def test_export_verify_prints_the_agreement_table(data_root: Path, tmp_path: Pat
     """``export --verify snntorch norse spikingjelly`` on the README's first config (hidden layer
     made small): the file carries the data set's normalisation; snnTorch and SpikingJelly agree
     exactly, Norse's IF (reset to 0) only in part."""
-    import pytorch_lightning as pl
-    from torch.utils.data import DataLoader, TensorDataset
-
     from lightning_snn.cli import main
     from lightning_snn.data.vision import DATASETS
-    from lightning_snn.module import SNNModule
 
-    module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [32]},
-                       optimizer="adamw", lr=2e-3)
-    data = TensorDataset(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, DataLoader(data, batch_size=8))
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = mlp_checkpoint(tmp_path / "m.ckpt", 32)
     out = tmp_path / "model.nir"
     config = str(Path(__file__).parents[1] / "configs" / "fmnist_mlp_bptt.yaml")
     main(["export", "--config", config, "--ckpt_path", str(ckpt), "--out", str(out), f"--data.root={data_root}",

@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from procs import mlp_checkpoint
 from wandb_offline import history
 
 from lightning_snn.checkpoints import CheckpointError
@@ -92,16 +93,8 @@ def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def fmnist_ckpt(tmp_path: Path) -> Path:
-    """A checkpoint of the README's first config's model (784-512-10 IF MLP), two SGD steps."""
-    module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [512]},
-                       optimizer="adamw", lr=2e-3)
-    data = TensorDataset(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, DataLoader(data, batch_size=8))
-    path = tmp_path / "fmnist.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    """A checkpoint of the README's first config's model (784-512-10 IF MLP), two AdamW steps."""
+    return mlp_checkpoint(tmp_path / "fmnist.ckpt", 512)
 
 
 @pytest.mark.slow

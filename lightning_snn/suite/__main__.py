@@ -29,7 +29,6 @@ from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_s
 if TYPE_CHECKING:
     from lightning_snn.suite.launchers import SlurmOptions
 
-BUSY_EXIT = 3
 STATES = ("done", "running", "interrupted", "pending", "failed", "not run")
 
 
@@ -236,7 +235,7 @@ def cmd_report(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
 
 def cmd_execute(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.checkpoints import TrainingInterrupted
-    from lightning_snn.suite.execute import execute
+    from lightning_snn.suite.execute import BUSY_EXIT, execute
 
     try:
         state = execute(suite.select([ns.row], [ns.seed])[0], opts)

@@ -31,6 +31,7 @@ from lightning_snn.report import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
 
 RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"
+BUSY_EXIT = 3  # exit status of `execute` when another launch holds the run's lock
 SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "limit_val_batches",
                    "limit_test_batches")
 

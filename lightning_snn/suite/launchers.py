@@ -5,7 +5,6 @@ unless it is done, failed or running elsewhere."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_snn.suite.execute import FAILED, RESULT, execute
+from lightning_snn.suite.execute import BUSY_EXIT, execute
 from lightning_snn.suite.spec import Options, RunSpec, Suite
 
 
@@ -27,19 +26,16 @@ def execute_command(suite: Suite, run: RunSpec, opts: Options, python: str = sys
     return cmd + (["--", *opts.extra] if opts.extra else [])
 
 
-def outcome(run: RunSpec, opts: Options, code: int | None = None) -> str:
-    """One line on a run after its launch: its value, its error, or why it did not train."""
-    d = run.directory(opts.root)
-    if (d / RESULT).is_file():
-        res = json.loads((d / RESULT).read_text())
-        v = res.get("value")
-        shown = f"{v:.2f}" if isinstance(v, (int, float)) else "none"
-        return f"{run.key}: done ({res['metric']} {res['protocol']} {shown}, {res['epochs']} epochs)"
-    if (d / FAILED).is_file():
-        return f"{run.key}: failed: {json.loads((d / FAILED).read_text())['error']}"
-    if code == 3:
-        return f"{run.key}: running in another launch (its lock is held); not started here"
-    return f"{run.key}: stopped (exit {code}); `suite run` again resumes it from its checkpoint"
+def outcome(run: RunSpec, opts: Options, code: int | None = None) -> tuple[str, str]:
+    """``(state, one line)`` on a run after its launch: its value, its error, or why it did not train."""
+    from lightning_snn.suite.plan import run_state
+
+    state, detail = run_state(run, opts)
+    if state in ("done", "failed"):
+        return state, f"{run.key}: {state}: {detail}"
+    if code == BUSY_EXIT:
+        return state, f"{run.key}: running in another launch (its lock is held); not started here"
+    return state, f"{run.key}: stopped (exit {code}); `suite run` again resumes it from its checkpoint"
 
 
 def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 1) -> int:
@@ -62,8 +58,8 @@ def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 
             run, proc, log = item
             log.close()
             active.remove(item)
-            line = outcome(run, opts, proc.returncode)
-            ok &= line.split(": ", 1)[1].startswith("done")
+            state, line = outcome(run, opts, proc.returncode)
+            ok &= state == "done"
             print(line, flush=True)
     return 0 if ok else 1
 
@@ -149,7 +145,7 @@ def run_ray(suite: Suite, runs: list[RunSpec], opts: Options, resources: dict[st
     ray.shutdown()
     ok = True
     for run in runs:
-        line = outcome(run, opts)
-        ok &= line.split(": ", 1)[1].startswith("done")
+        state, line = outcome(run, opts)
+        ok &= state == "done"
         print(line, flush=True)
     return 0 if ok else 1
