@@ -298,7 +298,7 @@ def as_feedback_snn(net: NIRNet, neuron: NeuronConfig | None = None, norm_range:
     if len(leaks) != 1:
         raise NIRImportError(f"a feedback model has one leak for all layers; the graph has {sorted(leaks)}")
     model = FeedbackSNN(nn.Sequential(*input_ops), nn.Identity(), hidden, fb_op, classifier[0],
-                        lifs[0].config, dropout=0.0, norm_range=norm_range)
+                        lifs[0].config, dropout=0.0, norm_range=norm_range, official_init=False)
     with torch.no_grad():
         w = fb_op.weight.detach().clone()
         if float(torch.linalg.matrix_norm(model.feedback._matrix(w), ord=2)) > norm_range * (1 + 1e-4):

@@ -34,7 +34,8 @@ def small_net(name: str = "f_mlp", seed: int = 0):
         shape = (4, 1, 8, 8)
     else:  # the official multi-layer nets have no batch norm; a low threshold keeps all 5 active
         net = MODELS.build("multilayer_f", input_shape=(2, 4, 4), num_classes=3,
-                           neuron=NeuronConfig(threshold=0.2), channels=(3, 3, 4, 3, 3), batch_norm=False)
+                           neuron=NeuronConfig(threshold=0.3), channels=(3, 3, 4, 3, 3), batch_norm=False,
+                           feedback_init_scale=0.1)
         shape = (4, 2, 4, 4)
     net = net.double().train()
     x = torch.rand(shape, dtype=torch.float64) * 2

@@ -45,3 +45,31 @@ def test_time_distributed_static_input_shortcut_is_exact():
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mean_fast, op[1].running_mean)
     assert fast.shape == (4, 5, 4, 8, 8)
+
+
+@pytest.mark.parametrize("name, shape, feedback_sigma", [
+    ("f_mlp", (1, 28, 28), 1.874),  # the official FC-400's sigma(W_init), measured on its code
+    ("f_conv", (1, 28, 28), 1.145),  # the official MNIST conv's
+])
+def test_feedback_nets_start_from_the_official_initialisation(name, shape, feedback_sigma):
+    """IDE-FSNN ``modules/snn_modules.py`` ``_initialize_weights``: U(-1, 1) rows scaled to unit norm,
+    biases 0, BN 1 / 0 (the read-out keeps PyTorch's default)."""
+    torch.manual_seed(0)
+    net = MODELS.get(name)(shape, 10)
+    first = net.input[0]
+    ops = [first[-1] if isinstance(first, nn.Sequential) else first, net.feedback.op]
+    for op in ops:
+        rows = op.weight.detach().flatten(1)
+        torch.testing.assert_close(rows.norm(dim=1), torch.ones(rows.shape[0]))
+        if op.bias is not None:
+            assert torch.count_nonzero(op.bias) == 0
+        # a row of n uniforms scaled to unit norm: kurtosis of the entries 1.8 (uniform), not 3 (normal)
+        z = rows * rows.shape[1] ** 0.5
+        kurtosis = float((z**4).mean() / (z**2).mean() ** 2)
+        assert abs(kurtosis - 1.8) < 0.15, kurtosis
+    bn = net.input[1]
+    assert torch.all(bn.weight == 1) and torch.count_nonzero(bn.bias) == 0
+    # the restriction's gain starts at min(sigma(W_init), 1): sigma near the official net's
+    sigma = float(torch.linalg.matrix_norm(net.feedback._matrix(net.feedback.op.weight.detach()), ord=2))
+    assert abs(sigma - feedback_sigma) < 0.15 * feedback_sigma, sigma
+    assert float(net.feedback.gain) == pytest.approx(min(sigma, 1.0), rel=1e-3)

@@ -104,6 +104,25 @@ class FeedbackContext:
         return self.current[0] if self.current.stride(0) == 0 else weighted_rate(self.current, self.leak)
 
 
+@torch.no_grad()
+def official_feedback_init(m: nn.Module) -> None:
+    """The IDE / SPIDE official initialisation of a feedback net's layers (``SNNFC``, ``SNNConv``,
+    ``SNNConvTranspose._initialize_weights`` in ``modules/snn_modules.py`` of IDE-FSNN and
+    SPIDE-FSNN): weights ``U(-1, 1)`` with each output unit's weights scaled to unit L2 norm
+    (a row of a linear layer, an output channel of a conv or transposed conv), biases 0, batch
+    norm weight 1 and bias 0. The read-out (``nn.Linear`` there) keeps PyTorch's default."""
+    if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        m.weight.uniform_(-1.0, 1.0)
+        # a transposed conv's weight is (in, out, k, k): its output units are along dim 1
+        w = m.weight.transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else m.weight
+        w /= w.flatten(1).norm(dim=1).view(-1, *([1] * (w.dim() - 1)))
+        if m.bias is not None:
+            m.bias.zero_()
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.weight.fill_(1.0)
+        m.bias.zero_()
+
+
 def _batch_norm(x: Tensor, bn: nn.Module, mode: BNMode, detach: bool = False) -> Tensor:
     """BN with an explicit statistics mode: ``running`` (eval statistics), ``batch`` (batch
     statistics, running ones untouched) or ``update`` (batch statistics, running ones updated)."""
@@ -133,6 +152,11 @@ class FeedbackSNN(SpikingNet):
             is reached in one pass, trained by the implicit strategies).
         classifier: linear read-out of the flattened ``a_L``.
         dropout: variational dropout on every layer input: one mask per batch, all time steps.
+        feedback_init_scale: factor on the feedback weight's initialisation (SPIDE's official
+            ``SNNConvTranspose`` multiplies it by 0.1).
+
+    Layers start from the official initialisation (:func:`official_feedback_init`) unless
+    ``official_init`` is false (weights given, e.g. read from a NIR file).
     """
 
     kind = "feedback"
@@ -147,10 +171,19 @@ class FeedbackSNN(SpikingNet):
         neuron: NeuronConfig | None,
         dropout: float = 0.0,
         norm_range: float = 1.0,
+        feedback_init_scale: float = 1.0,
+        official_init: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if official_init:  # before the restriction reads the feedback weight's norm
+            for op in [input_op, input_bn, *(m for pair in hidden for m in pair), feedback_op]:
+                if op is not None:
+                    op.apply(official_feedback_init)
+            if feedback_op is not None:
+                with torch.no_grad():
+                    feedback_op.weight.mul_(feedback_init_scale)
         self.input = TimeDistributed(input_op, input_bn)
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
@@ -328,11 +361,12 @@ def feedback_conv(
 def multilayer_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
     channels: Sequence[int] = (96, 256, 384, 384, 256), dropout: float = 0.0, norm_range: float = 1.0,
-    batch_norm: bool = True,
+    batch_norm: bool = True, feedback_init_scale: float = 1.0,
 ) -> FeedbackSNN:
     """Five-layer conv feedback SNN: conv3x3 s2 + BN (layer 1, 16x16 for CIFAR), four conv3x3 +
     BN layers (the second with stride 2), transposed conv3x3 s2 feedback from layer 5 to layer 1.
-    ``batch_norm: false`` drops every BN (the official SPIDE models have none)."""
+    ``batch_norm: false`` drops every BN (the official SPIDE models have none);
+    ``feedback_init_scale: 0.1`` is SPIDE's initialisation of the transposed-conv feedback."""
     if len(channels) != 5:
         raise ValueError(f"multilayer_f needs 5 channel counts, got {list(channels)}")
     c1, c2, c3, c4, c5 = channels
@@ -346,7 +380,7 @@ def multilayer_f(
     return FeedbackSNN(
         nn.Conv2d(input_shape[0], c1, 3, stride=2, padding=1), _bn(nn.BatchNorm2d, c1, batch_norm), hidden,
         nn.ConvTranspose2d(c5, c1, 3, stride=2, padding=1, output_padding=1, bias=False),
-        nn.Linear(c5 * h * h, num_classes), neuron, dropout, norm_range,
+        nn.Linear(c5 * h * h, num_classes), neuron, dropout, norm_range, feedback_init_scale,
     )
 
 
@@ -354,22 +388,24 @@ def multilayer_f(
 def alexnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
     dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0, batch_norm: bool = True,
+    feedback_init_scale: float = 1.0,
 ) -> FeedbackSNN:
     """AlexNet-F: channels 96 -> 256 -> 384 (s2) -> 384 -> 256 with feedback 256 -> 96 (times
     ``width``)."""
     return multilayer_f(input_shape, num_classes, neuron, _widths((96, 256, 384, 384, 256), width),
-                        dropout, norm_range, batch_norm)
+                        dropout, norm_range, batch_norm, feedback_init_scale)
 
 
 @MODELS.register("cifarnet_f")
 def cifarnet_f(
     input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
     dropout: float = 0.0, norm_range: float = 1.0, width: float = 1.0, batch_norm: bool = True,
+    feedback_init_scale: float = 1.0,
 ) -> FeedbackSNN:
     """CIFARNet-F: channels 128 -> 256 -> 512 (s2) -> 1024 -> 512 with feedback 512 -> 128 (times
     ``width``)."""
     return multilayer_f(input_shape, num_classes, neuron, _widths((128, 256, 512, 1024, 512), width),
-                        dropout, norm_range, batch_norm)
+                        dropout, norm_range, batch_norm, feedback_init_scale)
 
 
 def _bn(kind: type[nn.Module], channels: int, enabled: bool) -> nn.Module:
