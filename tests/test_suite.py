@@ -230,6 +230,9 @@ def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, d
     resumed = json.loads((d / "result.json").read_text())
     for key in ("final", "best", "value", "epochs", "sops_per_sample"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+    # a result names what made it: the checkout's commit, the CPU and its threads
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert resumed["commit"] in (head, head + "+dirty") and resumed["cpu"] and resumed["cpu_threads"] >= 1
 
 
 @pytest.mark.slow

@@ -161,6 +161,38 @@ def _device(trainer: pl.Trainer) -> tuple[str, int, float, str]:
     return f"cpu ({platform.machine()})", count, rss_kb / 2**20, "host RSS"
 
 
+def source_commit() -> str:
+    """The commit of the checkout the package runs from (``+dirty`` with uncommitted changes to
+    tracked files), or the installed version when it is not a git checkout: what a result was made with."""
+    import subprocess
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"lightning-snn {version('lightning-snn')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _attempts(directory: Path) -> list[dict[str, Any]]:
     path = directory / ATTEMPTS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -228,6 +260,7 @@ def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> di
         "images_per_s": stats.samples / stats.seconds if stats and stats.seconds else None,
         "sops_per_sample": totals.get("sops"),
         "energy_uj_per_sample": totals["snn_energy_pj"] * 1e-6 if "snn_energy_pj" in totals else None,
+        "commit": source_commit(), "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(),
         "args": sys.argv[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
