@@ -6,6 +6,7 @@
     python -m lightning_snn.suite run ide --dry-run          # the plan: runs, state, estimated device-hours
     python -m lightning_snn.suite status ide
     python -m lightning_snn.suite report ide [--wandb-project P]
+    python -m lightning_snn.suite publish ide               # finished results -> results/ide/, tables rebuilt
 
 SUITE is a name under ``configs/suites`` or a suite file. Runs live in ``<root>/<suite>/<row>/seed<k>``
 (``--root``, default ``runs/suites``). Options after ``--`` go to every run's ``fit`` command line
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(report)
     report.add_argument("--out", default=None, help="folder of the report (default <root>/<suite>)")
     report.add_argument("--wandb-project", default=None, help="also log the tables and plot to W&B")
+
+    pub = sub.add_parser("publish", help="copy finished results into the repository's results/ and rebuild its tables")
+    common(pub)
+    pub.add_argument("--to", default="results", help="the published results folder (default results)")
+    pub.add_argument("--readme", default="README.md", help="README whose 'Reproduced so far' block is rewritten")
 
     ex = sub.add_parser("execute", help="train one run (what every launcher starts)")
     ex.add_argument("suite")
@@ -233,6 +239,25 @@ def cmd_report(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     return 0
 
 
+def cmd_publish(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
+    from lightning_snn.suite import publish
+    from lightning_snn.suite.report import write_report
+
+    to = Path(ns.to)
+    copied = publish.copy_results(suite, opts.root, to)
+    write_report(suite, Options(root=to))
+    (to / publish.SUMMARY).write_text(publish.summary(to))
+    print(f"published {len(copied)} new result(s) of {suite.name} into {to / suite.name}; rebuilt its "
+          f"results.csv / .md / .png and {to / publish.SUMMARY}")
+    readme = Path(ns.readme)
+    text = readme.read_text() if readme.is_file() else ""
+    if publish.BEGIN in text and publish.END in text:
+        head, rest = text.split(publish.BEGIN, 1)
+        readme.write_text(head + publish.readme_block(to) + rest.split(publish.END, 1)[1])
+        print(f"rewrote the reproduced-results block of {readme}")
+    return 0
+
+
 def cmd_execute(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.checkpoints import TrainingInterrupted
     from lightning_snn.suite.execute import BUSY_EXIT, execute
@@ -254,7 +279,8 @@ def suite_main(argv: list[str]) -> int:
     suite = load_suite(ns.suite)
     opts = Options(root=Path(ns.root), extra=extra, retry_failed=getattr(ns, "retry_failed", False),
                    wandb_project=getattr(ns, "wandb_project", None))
-    return {"run": cmd_run, "status": cmd_status, "report": cmd_report, "execute": cmd_execute}[ns.command](
+    return {"run": cmd_run, "status": cmd_status, "report": cmd_report, "publish": cmd_publish,
+            "execute": cmd_execute}[ns.command](
         suite, ns, opts)
 
 
