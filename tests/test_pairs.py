@@ -41,6 +41,7 @@ TINY = {
     "alexnet_f": ((3, 8, 8), {"width": 0.0625}),
     "cifarnet_f": ((3, 8, 8), {"width": 0.03125}),
     "lenet_zero": ((1, 8, 8), {"channels": (3, 4), "hidden": 8}),
+    "r_mlp": ((1, 4, 4), {"hidden": 12}),
     "proxy_convnet": ((1, 6, 6), {"channels": (4, "M"), "hidden": (8,)}),
     # the paper's layers; the input is what is cut down, to 3x3 after the two pools (at 2x2 the
     # deep bias-free layers map every sample to one output pattern, all saturated or silent)

@@ -16,8 +16,15 @@ optional command-line overrides) and the paper's reference for it::
           std: 0.09                               # null: not reported
           seeds: 5                                # runs the paper averaged (null: not stated)
           protocol: final                         # final | best_epoch
+          grade: primary                          # how far the value can be trusted (below)
           source: "Xiao et al., NeurIPS 2021 (IDE), Table 1"
           note: "..."                             # optional
+
+A reference value carries a ``grade``: ``primary`` (the authors' README, code or abstract),
+``secondary`` (reprinted identically by two or more independent later sources), ``single-source``
+(one later source only) or ``conflict`` (sources disagree; the value is the majority's, the note names
+the other). A verdict against a ``single-source`` or ``conflict`` value is provisional
+(:data:`PROVISIONAL_GRADES`).
 
 Every key is checked (unknown keys, duplicate rows, missing configs, no seeds are one-line
 errors) before anything runs. One (row, seed) pair is a :class:`RunSpec`: the description every
@@ -35,6 +42,8 @@ from lightning_snn.errors import UsageError
 
 SUITES_DIR = Path("configs") / "suites"
 PROTOCOLS = ("final", "best_epoch")
+GRADES = ("primary", "secondary", "single-source", "conflict")
+PROVISIONAL_GRADES = frozenset({"single-source", "conflict"})
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -53,6 +62,12 @@ class Reference:
     protocol: Literal["final", "best_epoch"] = "final"
     source: str = ""
     note: str = ""
+    grade: Literal["primary", "secondary", "single-source", "conflict"] | None = None
+
+    @property
+    def provisional(self) -> bool:
+        """A verdict against this value is provisional: one later source only, or sources disagree."""
+        return self.grade in PROVISIONAL_GRADES
 
 
 @dataclass(frozen=True)
@@ -149,16 +164,23 @@ def _number(where: str, value: Any, positive: bool = False) -> float | None:
 
 
 def _reference(where: str, data: Any) -> Reference:
-    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note"},
+    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note", "grade"},
               {"metric", "value", "protocol", "source"})
     if d["protocol"] not in PROTOCOLS:
         raise SuiteError(f"{where}.protocol {d['protocol']!r} (valid: {', '.join(PROTOCOLS)})")
+    grade = d.get("grade")
+    if grade is not None and grade not in GRADES:
+        raise SuiteError(f"{where}.grade {grade!r} (valid: {', '.join(GRADES)})")
+    if grade is not None and d["value"] is None:
+        raise SuiteError(f"{where}.grade {grade!r} without a value (valid: a grade only beside a number; "
+                         "value: null has none)")
     seeds = d.get("seeds")
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise SuiteError(f"{where}.seeds must be a positive integer or null, got {seeds!r}")
     return Reference(metric=str(d["metric"]), value=_number(f"{where}.value", d["value"]),
                      std=_number(f"{where}.std", d.get("std"), positive=True), seeds=seeds,
-                     protocol=d["protocol"], source=str(d["source"]), note=str(d.get("note") or ""))
+                     protocol=d["protocol"], source=str(d["source"]), note=str(d.get("note") or ""),
+                     grade=grade)
 
 
 def load_suite(suite: str | Path) -> Suite:
