@@ -239,6 +239,12 @@ class VisionDataModule(pl.LightningDataModule):
                              "(valid: 0 = load in the main process, or a number of worker processes)")
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size} (valid: an integer >= 0)")
+        if backend not in BACKENDS:
+            raise ValueError(f"data.backend {backend!r} is not a back end (valid: {', '.join(BACKENDS)})")
+        if backend == "memory" and not self.spec.in_memory:
+            fits = ", ".join(n for n in DATASETS.names() if DATASETS.build(n).in_memory)
+            raise ValueError(f"data.backend memory does not hold data set {dataset!r} (valid: a data set "
+                             f"of {fits}; or data.backend auto, torchvision or ffcv)")
         folder = Path(root).expanduser() / self.spec.folder
         if not download and not folder.is_dir():  # fail before anything is started or written
             raise FileNotFoundError(
@@ -246,12 +252,6 @@ class VisionDataModule(pl.LightningDataModule):
                 f"`bash scripts/fetch_data.sh {root}` (MNIST, Fashion-MNIST offline), point "
                 f"`data.root` at the data, or set `data.download: true` (needs internet)."
             )
-        if backend not in BACKENDS:
-            raise ValueError(f"data.backend {backend!r} is not a back end (valid: {', '.join(BACKENDS)})")
-        if backend == "memory" and not self.spec.in_memory:
-            fits = ", ".join(n for n in DATASETS.names() if DATASETS.build(n).in_memory)
-            raise ValueError(f"data.backend memory does not hold data set {dataset!r} (valid: a data set "
-                             f"of {fits}; or data.backend auto, torchvision or ffcv)")
         if self.spec.events is not None:
             if backend == "ffcv":
                 raise ValueError(f"data set {dataset!r} is event data, which the ffcv backend does not "
