@@ -75,7 +75,7 @@ def write_image_folder(src, root, size=64):
 
 def test_imagenet_folder_layout(tmp_path, data_root):
     classes = write_image_folder(data_root, tmp_path)
-    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=4, num_workers=0)
+    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=4, num_workers=0, backend="torchvision")
     assert dm.num_classes == 1000 and dm.input_shape == (3, 224, 224)
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
@@ -99,7 +99,7 @@ def test_cutout_erases_a_rectangle_of_mean_in_training_images_only(data_root):
     erased = [f for f in zero_fraction(True, True) if f > 0]
     assert 70 <= len(erased) <= 130 and min(erased) >= 0.01 and max(erased) <= 0.45  # side rounding
     assert not any(zero_fraction(False, True)) and not any(zero_fraction(True, False))
-    with pytest.raises(ValueError, match="cutout is applied by the torchvision back end only"):
+    with pytest.raises(ValueError, match="cutout is applied by the torchvision and memory back ends only"):
         VisionDataModule("cifar10", root=str(data_root), cutout=True, backend="ffcv")
 
 
@@ -150,7 +150,7 @@ def test_a_truncated_image_in_a_class_folder_is_named(tmp_path, data_root):
     write_image_folder(data_root, tmp_path, size=64)
     bad = sorted((tmp_path / "imagenet" / "train").rglob("*.JPEG"))[3]
     bad.write_bytes(bad.read_bytes()[:400])
-    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=20, num_workers=0, augment=False)
+    dm = VisionDataModule("imagenet", root=str(tmp_path), batch_size=20, num_workers=0, augment=False, backend="torchvision")
     dm.setup("fit")
     with pytest.raises(DataFileError, match=f"cannot read image {bad}: OSError: .*[Tt]runcated"):
         next(iter(dm.train_dataloader()))

@@ -266,7 +266,7 @@ def test_data_module_ffcv_backend_trains(tmp_path, data_root):
         "cifar10_train_raw.beton.json"]
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
-    dm = VisionDataModule("cifar10", root=str(data_root), verify_md5=False, backend="auto",
+    dm = VisionDataModule("cifar10", root=str(data_root), verify_md5=False, backend="ffcv",
                           beton_dir=str(tmp_path / "betons"), batch_size=4, val_size=4)
     assert dm.backend == "ffcv"
     dm.setup("fit")

@@ -44,6 +44,10 @@ class EpochSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._skip = (epoch, samples)
 
+    def pending_skip(self) -> int:
+        """Indices the next pass skips (a resumed epoch's first part), 0 otherwise."""
+        return self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
+
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         skip = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -28,6 +28,7 @@ from lightning_snn.checkpoints import check_data_settings
 from lightning_snn.data.beton_identity import Expected, check_contents
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
+from lightning_snn.data.memory import BatchTransform, MemoryBatch, MemoryLoader, eval_sampler, load_split
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
 from lightning_snn.errors import DataFileError, UsageError
 from lightning_snn.registry import Registry
@@ -56,6 +57,9 @@ class DatasetSpec:
     ffcv_pipeline: Pipeline = "gray"
     eval_resize: list[Callable] = field(default_factory=list)  # evaluation-time resize / crop
     events: EventFormat | None = None  # event-camera recordings, binned into T frames
+    in_memory: bool = False  # small enough for the memory back end (one uint8 tensor per split)
+    crop_padding: int = 0  # memory back end: the training augmentation of ``train_augment``
+    flip: bool = False  # (random crop of the zero-padded image, horizontal flip), on the batch
 
 
 class _CIFARNoMd5:
@@ -101,17 +105,19 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 for _name, _spec in {
-    "mnist": DatasetSpec(datasets.MNIST, "MNIST", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "mnist": DatasetSpec(datasets.MNIST, "MNIST", (1, 28, 28), 10, (0.1307,), (0.3081,), in_memory=True),
     "fashion_mnist": DatasetSpec(
-        datasets.FashionMNIST, "FashionMNIST", (1, 28, 28), 10, (0.2860,), (0.3530,)
+        datasets.FashionMNIST, "FashionMNIST", (1, 28, 28), 10, (0.2860,), (0.3530,), in_memory=True,
     ),
     "cifar10": DatasetSpec(
         datasets.CIFAR10, "cifar-10-batches-py", (3, 32, 32), 10,
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR_AUG, "cifar",
+        in_memory=True, crop_padding=4, flip=True,
     ),
     "cifar100": DatasetSpec(
         datasets.CIFAR100, "cifar-100-python", (3, 32, 32), 100,
         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR_AUG, "cifar",
+        in_memory=True, crop_padding=4, flip=True,
     ),
     "imagenet": DatasetSpec(
         lambda root, **kw: imagenet_folder(str(Path(root) / "imagenet"), **kw), "imagenet",
@@ -136,6 +142,32 @@ for _name, _spec in {
 # settings that define a training run (besides normalisation and event frames, see run_settings)
 RUN_SETTINGS = ("dataset", "val_size", "seed", "batch_size", "augment", "cutout")
 
+BACKENDS = ("auto", "memory", "torchvision", "ffcv")
+
+
+def sample_order(backend: str) -> str:
+    """The order a back end draws training samples in: ``memory`` and ``torchvision`` draw the same
+    seeded ``EpochSampler`` over the same indices (a run may resume on either), FFCV its own."""
+    return "ffcv" if backend == "ffcv" else "epoch_sampler"
+
+
+class MemorySplit(Dataset):
+    """Item access to (part of) a split held by the memory back end: ``(normalised image, label)``
+    without augmentation; ``indices`` are positions in the split, as ``Subset``'s."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: list[int] | None,
+                 transform: BatchTransform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+        self.indices = indices
+        self.index = torch.tensor(indices, dtype=torch.int64) if indices is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self.indices[i] if self.indices is not None else i
+        return self.transform(self.images[j:j + 1])[0], int(self.labels[j])
+
 
 class VisionDataModule(pl.LightningDataModule):
     """Train / val / test loaders for a registered image data set.
@@ -157,8 +189,13 @@ class VisionDataModule(pl.LightningDataModule):
             OTTT trains CIFAR with (torchvision back end only).
         verify_md5: check CIFAR files against torchvision's checksums.
         seed: seed of the train/validation split and of FFCV's shuffling.
-        backend: ``torchvision`` (DataLoader), ``ffcv`` (``.beton`` files, written from the
-            torchvision data set on first use) or ``auto`` (FFCV when it is installed).
+        backend: ``memory`` (the whole split as one uint8 tensor, batches by index, normalisation
+            and augmentation on the batch on the training device; MNIST, Fashion-MNIST,
+            CIFAR-10/100), ``torchvision`` (DataLoader, per-sample transforms), ``ffcv``
+            (``.beton`` files, written from the torchvision data set on first use) or ``auto``
+            (the default: ``memory`` where it applies, else FFCV when it is installed and no
+            ``cutout`` is asked, else ``torchvision``; the choice is logged). ``memory`` and
+            ``torchvision`` give the same samples in the same order (a run may resume on either).
         beton_dir: where the ``.beton`` files live (default ``<root>/ffcv``).
         ffcv_write_mode: how RGB images are stored: ``raw`` (exact) or ``jpg``.
         ffcv_max_resolution: downscale stored RGB images to at most this side (ImageNet: 256-512).
@@ -182,7 +219,7 @@ class VisionDataModule(pl.LightningDataModule):
         cutout: bool = False,
         verify_md5: bool = True,
         seed: int = 0,
-        backend: Literal["torchvision", "ffcv", "auto"] = "torchvision",
+        backend: Literal["auto", "memory", "torchvision", "ffcv"] = "auto",
         beton_dir: str | None = None,
         ffcv_write_mode: Literal["raw", "jpg"] = "raw",
         ffcv_max_resolution: int | None = None,
@@ -202,6 +239,12 @@ class VisionDataModule(pl.LightningDataModule):
                              "(valid: 0 = load in the main process, or a number of worker processes)")
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size} (valid: an integer >= 0)")
+        if backend not in BACKENDS:
+            raise ValueError(f"data.backend {backend!r} is not a back end (valid: {', '.join(BACKENDS)})")
+        if backend == "memory" and not self.spec.in_memory:
+            fits = ", ".join(n for n in DATASETS.names() if DATASETS.build(n).in_memory)
+            raise ValueError(f"data.backend memory does not hold data set {dataset!r} (valid: a data set "
+                             f"of {fits}; or data.backend auto, torchvision or ffcv)")
         folder = Path(root).expanduser() / self.spec.folder
         if not download and not folder.is_dir():  # fail before anything is started or written
             raise FileNotFoundError(
@@ -218,16 +261,15 @@ class VisionDataModule(pl.LightningDataModule):
                 raise ValueError(f"data set {dataset!r} is event data: frames must be the number of "
                                  f"time steps T (> 0), got {frames}")
         if cutout and backend == "ffcv":
-            raise ValueError("cutout is applied by the torchvision back end only: set "
-                             "data.backend torchvision or data.cutout false")
+            raise ValueError("cutout is applied by the torchvision and memory back ends only: set "
+                             "data.backend memory, torchvision or auto, or data.cutout false")
         if backend == "ffcv" and not ffcv_available():
             from lightning_snn.data.ffcv import _require_ffcv
 
             _require_ffcv()  # raises with the install instructions
         if backend == "auto":
-            backend = "ffcv" if ffcv_available() and not cutout else "torchvision"
-            if not ffcv_available():
-                warnings.warn("FFCV is not installed: data.backend auto uses torchvision loaders")
+            backend, why = self._auto_backend(cutout)
+            rank_zero_info(f"data.backend auto: {backend} for {dataset!r} ({why})")
         self.backend = backend
         self.save_hyperparameters()
         self.data_train: Dataset | None = None
@@ -236,6 +278,23 @@ class VisionDataModule(pl.LightningDataModule):
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
         self._opened: dict[tuple[bool, bool], Dataset] = {}  # (train, augment) -> opened split
         self._noted: set[str] = set()  # how each .beton was checked, said once
+        self._tensors: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # memory: train? -> split
+        self._index: dict[str, torch.Tensor | None] = {}  # memory: train / val -> positions in the split
+        self.batch_transform = BatchTransform(self.spec.mean, self.spec.std,
+                                              crop_padding=self.spec.crop_padding if augment else 0,
+                                              flip=self.spec.flip and augment, cutout=augment and cutout)
+
+    def _auto_backend(self, cutout: bool) -> tuple[str, str]:
+        """The fastest back end that applies to this data set, and why it is the one."""
+        if self.spec.in_memory:
+            return "memory", "the data set fits in memory: batches by index, transforms on the device"
+        if self.spec.events is None and ffcv_available() and not cutout:
+            return "ffcv", "too large for the memory back end"
+        why = "event data" if self.spec.events is not None else (
+            "cutout" if cutout and ffcv_available() else "FFCV is not installed")
+        if self.spec.events is None and not ffcv_available():
+            warnings.warn("FFCV is not installed: data.backend auto uses torchvision loaders")
+        return "torchvision", why
 
     @property
     def num_classes(self) -> int:
@@ -352,6 +411,11 @@ class VisionDataModule(pl.LightningDataModule):
             sizes = {train: check_beton(self.beton_path(train)) for train in (True, False)}
             for train in (True, False):
                 self._check_beton_contents(train)
+        elif self.backend == "memory":  # the arrays torchvision reads, without its transforms
+            for train in splits:
+                if train not in self._tensors:
+                    self._tensors[train] = load_split(self._open(train=train, augment=False, transform=False))
+            sizes = {True: len(self._tensors[True][0])} if True in splits else {}
         else:
             for train in splits:
                 key = (train, train and self.hparams.augment)
@@ -391,6 +455,9 @@ class VisionDataModule(pl.LightningDataModule):
         self._check_splits(stage)  # every split before anything runs, on every rank
         if self.backend == "ffcv":
             return
+        if self.backend == "memory":
+            self._setup_memory(stage)
+            return
         if stage in ("fit", "validate", None) and self.data_train is None:
             train = self._opened[(True, hp.augment)]
             if hp.val_size:
@@ -403,6 +470,54 @@ class VisionDataModule(pl.LightningDataModule):
             self.data_test = self._opened[(False, False)]
             if not hp.val_size:
                 self.data_val = self.data_test
+
+    def _setup_memory(self, stage: str | None) -> None:
+        """The memory back end's splits: the same training / validation positions as ``_split``."""
+        hp, tf = self.hparams, self.batch_transform
+        eval_tf = BatchTransform(self.spec.mean, self.spec.std)
+        if stage in ("fit", "validate", None) and self.data_train is None:
+            images, labels = self._tensors[True]
+            if hp.val_size:
+                train_idx, val_idx = self._split(len(images))
+                self.data_train = MemorySplit(images, labels, train_idx, tf)
+                self.data_val = MemorySplit(images, labels, val_idx, eval_tf)
+            else:
+                self.data_train = MemorySplit(images, labels, None, tf)
+        if self.data_test is None:
+            self.data_test = MemorySplit(*self._tensors[False], None, eval_tf)
+            if not hp.val_size:
+                self.data_val = self.data_test
+
+    def _on_device(self) -> bool:
+        """A running trainer builds this loader: its batches are finished in ``on_after_batch_transfer``."""
+        return self.trainer is not None and self.trainer.state.status == TrainerStatus.RUNNING
+
+    def _memory_loader(self, split: MemorySplit, train: bool) -> MemoryLoader:
+        hp, trainer = self.hparams, self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if train:
+            sampler: Any = EpochSampler(range(len(split)), world=world, rank=rank, shuffle=True, seed=hp.seed)
+            if self._resume_position is not None:  # restored from a checkpoint: continue where it stopped
+                epoch, batches = self._resume_position
+                sampler.resume_at(epoch, batches * hp.batch_size)
+                self._resume_position = None
+        else:
+            sampler = eval_sampler(len(split), world, rank)
+        return MemoryLoader(
+            split.images, split.labels, split.index,
+            hp.batch_size if train else self._eval_batch_size,
+            transform=self.batch_transform if train else BatchTransform(self.spec.mean, self.spec.std),
+            augment=train and hp.augment, sampler=sampler, drop_last=train, seed=hp.seed,
+            on_device=self._on_device(),
+            position=self._train_position if train and trainer is not None else None,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The memory back end's batches, now on the training device: augment and normalise them
+        there (``BatchTransform``); other batches pass unchanged."""
+        if isinstance(batch, MemoryBatch):
+            return self.batch_transform(batch.images, batch.params), batch.labels
+        return batch
 
     def _ffcv(self, split: Literal["train", "val", "test"]) -> Any:
         hp = self.hparams
@@ -442,6 +557,8 @@ class VisionDataModule(pl.LightningDataModule):
         (see ``resumable``). FFCV: shuffled by FFCV with the same seed, its own rank split."""
         if self.backend == "ffcv":
             return self._ffcv("train")
+        if self.backend == "memory":
+            return self._memory_loader(self.data_train, train=True)
         hp = self.hparams
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -468,6 +585,7 @@ class VisionDataModule(pl.LightningDataModule):
         out = {k: hp[k] for k in RUN_SETTINGS}
         out["frames"] = hp.frames if self.spec.events is not None else None  # images: unused
         out["mean"], out["std"] = list(self.spec.mean), list(self.spec.std)
+        out["sample_order"] = sample_order(self.backend)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -497,9 +615,13 @@ class VisionDataModule(pl.LightningDataModule):
         return epoch, done
 
     def val_dataloader(self) -> Any:
+        if self.backend == "memory":
+            return self._memory_loader(self.data_val, train=False)
         return self._ffcv("val") if self.backend == "ffcv" else self._eval_loader(self.data_val)
 
     def test_dataloader(self) -> Any:
+        if self.backend == "memory":
+            return self._memory_loader(self.data_test, train=False)
         return self._ffcv("test") if self.backend == "ffcv" else self._eval_loader(self.data_test)
 
     def predict_dataloader(self) -> Any:
