@@ -321,8 +321,10 @@ class NFBlock(nn.Module):
 @MODELS.register("nf_resnet34")
 class NFResNet34(SpikingNet):
     """OTTT's spiking NF-ResNet-34 (ImageNet): sWS stem conv7x7/2 + avgpool3x3/2, NF blocks
-    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, zero-initialised read-out weight.
-    21.80M parameters for 1000 classes."""
+    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, then global average pool of
+    the residual stream and a linear read-out with zero-initialised weight (no spiking layer
+    before it, as ``OnlineSpikingNFResNet._forward_impl``). 21.80M parameters for 1000 classes.
+    ``spike_scale`` is the x2.74 inside the blocks."""
 
     def __init__(
         self,
@@ -352,10 +354,11 @@ class NFResNet34(SpikingNet):
                 var = 1.0 + alpha**2 if block.shortcut is not None else var + alpha**2
                 c = w
         self.blocks = nn.Sequential(*stages)
-        fc = TraceLinear(c, num_classes)  # weight zero-initialised (OTTT_NF_RESNET)
-        self.head = nn.Sequential(
-            build_neuron(neuron), TimeDistributed(Scale(spike_scale), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-        )
+        # the official head reads the residual stream itself: global average pool -> fc, no spiking
+        # layer before it; the fc is a plain nn.Linear there (never given a trace by OTTT: its
+        # input is not spikes), and here. Weight zero-initialised (OTTT_NF_RESNET).
+        fc = nn.Linear(c, num_classes)
+        self.head = nn.Sequential(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc))
         OTTT_NF_RESNET.apply(self)  # pkuxmq/OTTT-SNN models/spiking_resnet_imagenet.py
 
     def forward(self, x: Tensor) -> Tensor:
