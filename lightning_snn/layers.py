@@ -69,6 +69,9 @@ class TraceSynapse:
 
     trace_leak: float | None
     trace: Tensor | None
+    # False for a synapse whose input is not spikes (NF-ResNet's read-out of the residual stream):
+    # OTTT leaves it plain (instantaneous input in its weight gradient), as the official code
+    reads_spikes: bool = True
 
     def _init_trace(self) -> None:
         self.trace_leak = None

@@ -355,9 +355,10 @@ class NFResNet34(SpikingNet):
                 c = w
         self.blocks = nn.Sequential(*stages)
         # the official head reads the residual stream itself: global average pool -> fc, no spiking
-        # layer before it; the fc is a plain nn.Linear there (never given a trace by OTTT: its
-        # input is not spikes), and here. Weight zero-initialised (OTTT_NF_RESNET).
-        fc = nn.Linear(c, num_classes)
+        # layer before it; its fc is a plain nn.Linear (OTTT gives it no trace: its input is not
+        # spikes), so here ``reads_spikes`` is off. Weight zero-initialised (OTTT_NF_RESNET).
+        fc = TraceLinear(c, num_classes)
+        fc.reads_spikes = False
         self.head = nn.Sequential(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc))
         OTTT_NF_RESNET.apply(self)  # pkuxmq/OTTT-SNN models/spiking_resnet_imagenet.py
 
