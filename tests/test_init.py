@@ -137,7 +137,9 @@ def test_model_starts_as_its_official_code(name):
     fb = getattr(net, "feedback", None)
     if hasattr(fb, "reset_estimate"):  # IDE: the restriction's gain is min(sigma(W_init), range)
         sigma = float(torch.linalg.matrix_norm(fb._matrix(fb.op.weight.detach()).double(), ord=2))
-        assert float(fb.gain) == pytest.approx(min(sigma, fb.norm_range), rel=1e-3)
+        # sigma by 100 power iterations: from below, within 1 % for these spectra
+        gain = float(fb.gain.detach())
+        assert min(sigma, fb.norm_range) * 0.99 <= gain <= min(sigma, fb.norm_range) * (1 + 1e-5), (gain, sigma)
 
 
 def test_the_official_zeros_and_random_layers_where_the_papers_put_them():

@@ -42,14 +42,17 @@ class RestrictedWeight(nn.Module):
     forward pass would leave it without one whenever the initial norm exceeds the range).
     """
 
-    def __init__(self, op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d, norm_range: float = 1.0) -> None:
+    def __init__(self, op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d, norm_range: float = 1.0,
+                 estimate: bool = True) -> None:
         super().__init__()
         self.op = op
         self.norm_range = norm_range
-        self.register_buffer("u", torch.empty(0))
-        self.register_buffer("v", torch.empty(0))
+        mat = self._matrix(op.weight.detach())
+        self.register_buffer("u", torch.zeros(mat.shape[0]))
+        self.register_buffer("v", torch.zeros(mat.shape[1]))
         self.gain = nn.Parameter(torch.tensor(0.0))
-        self.reset_estimate()
+        if estimate:  # otherwise the owner calls reset_estimate once the weight is initialised
+            self.reset_estimate()
 
     @torch.no_grad()
     def reset_estimate(self) -> None:
@@ -172,7 +175,8 @@ class FeedbackSNN(SpikingNet):
         self.input = TimeDistributed(input_op, input_bn)
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
-        self.feedback = None if feedback_op is None else RestrictedWeight(feedback_op, norm_range)
+        self.feedback = (None if feedback_op is None
+                         else RestrictedWeight(feedback_op, norm_range, estimate=not official_init))
         self.neurons = nn.ModuleList([build_neuron(neuron) for _ in range(len(hidden) + 1)])
         self.classifier = classifier
         self.dropout = dropout
