@@ -17,11 +17,18 @@ import torch
 
 
 def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
-    """Load a Lightning checkpoint's weights into ``model`` (strict: a mismatch names the keys)."""
+    """Load a Lightning checkpoint's weights into ``model`` (strict: a mismatch names the keys).
+
+    The file is read as :func:`lightning_snn.checkpoints.read_checkpoint` reads it: tensors,
+    builtins and the project's configuration dataclasses only (``weights_only=True``), so a file
+    that carries any other pickled object is refused with a :class:`CheckpointError` naming it,
+    never unpickled."""
+    from lightning_snn.checkpoints import read_checkpoint
+
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path!r} does not exist or is not a file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     if "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path!r} is not a Lightning checkpoint (no 'state_dict')")
     try:

@@ -69,6 +69,9 @@ class TraceSynapse:
 
     trace_leak: float | None
     trace: Tensor | None
+    # False for a synapse whose input is not spikes (NF-ResNet's read-out of the residual stream):
+    # OTTT leaves it plain (instantaneous input in its weight gradient), as the official code
+    reads_spikes: bool = True
 
     def _init_trace(self) -> None:
         self.trace_leak = None
@@ -133,24 +136,44 @@ class TraceConv2d(TraceSynapse, nn.Conv2d):
 
 
 class ScaledWSConv2d(TraceConv2d):
-    """Conv with scaled weight standardisation (NF-ResNet / OTTT's sWS VGG), used instead of BN:
-    W_hat = gain * (W - mean) / sqrt(var * fan_in + eps), one trainable gain per output channel."""
+    """Conv with scaled weight standardisation (OTTT's VGG(sWS) / VGG-F, OTTT's and SLTT's
+    NF-ResNets), used instead of BN::
 
-    def __init__(self, *args, gain: bool = True, eps: float = 1e-4, **kwargs) -> None:
+        W_hat = gain * (W - mean) / sqrt(var * fan_in + eps)
+
+    with the statistics over each output channel's ``fan_in = C_in * k * k`` weights and one
+    trainable gain per output channel (initialised to 1).
+
+    Args:
+        unbiased: ``True`` (default): ``var`` is the unbiased (N - 1) variance, ``torch.var``'s
+            default, as ``ScaledWSConv2d.get_weight`` in the official OTTT-SNN
+            (``models/spiking_vgg.py``, ``models/spiking_resnet_imagenet.py``) and SLTT
+            (``models/spiking_resnet_imagenet.py``) code; ``False``: the population (N) variance
+            of the original NF-ResNets (Brock et al.) and timm, whose effective weights are larger
+            by sqrt(N / (N - 1)) (1.9 % at fan-in 27).
+        eps: added to ``var * fan_in`` under the square root (1e-4 in both official codes).
+    """
+
+    def __init__(self, *args, gain: bool = True, eps: float = 1e-4, unbiased: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1)) if gain else None
         self.eps = eps
+        self.unbiased = unbiased
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", eps={self.eps}, unbiased={self.unbiased}"
 
     def effective_weight(self) -> Tensor:
-        return _standardise(self.weight, self.gain, self.eps)
+        return _standardise(self.weight, self.gain, self.eps, self.unbiased)
 
 
-def _standardise(w: Tensor, gain: Tensor | None, eps: float) -> Tensor:
-    # W_hat = gain * (W - mean) / sqrt(var * fan_in + eps), statistics per output unit
+def _standardise(w: Tensor, gain: Tensor | None, eps: float, unbiased: bool = True) -> Tensor:
+    # W_hat = gain * (W - mean) / sqrt(var * fan_in + eps), statistics per output unit;
+    # var = sum (W - mean)^2 / (N - 1) if unbiased else / N, N = fan_in
     fan_in = w[0].numel()
     dims = tuple(range(1, w.dim()))
     mean = w.mean(dims, keepdim=True)
-    var = w.var(dims, keepdim=True, unbiased=False)
+    var = w.var(dims, keepdim=True, unbiased=unbiased)
     w = (w - mean) * torch.rsqrt(var * fan_in + eps)
     return w if gain is None else w * gain
 

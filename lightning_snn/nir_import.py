@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.deep import Delay, run_step_by_step
+from lightning_snn.models.init import FROM_FILE
 from lightning_snn.neurons import LIF, NeuronConfig
 
 
@@ -158,6 +159,7 @@ class NIRNet(SpikingNet):
 
     def __init__(self, graph: nir.NIRGraph, neuron: NeuronConfig | None = None, dt: float | None = None) -> None:
         super().__init__()
+        self.initialisation = FROM_FILE  # every weight is the file's
         meta = graph.metadata or {}
         self.dt = float(meta.get("dt", dt if dt is not None else 1e-4))
         if meta.get("reset", "subtract") not in ("subtract", b"subtract"):

@@ -3,6 +3,7 @@ in tests/test_pairs.py), and the reference configs' models on random tensors (th
 offline, so the CLI fast_dev_run test cannot run them)."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -213,9 +214,11 @@ def ste(z, alpha):
 
 
 def sws(w, gain, eps=1e-4):
-    mean = w.mean((1, 2, 3), keepdim=True)
-    var = w.var((1, 2, 3), keepdim=True, unbiased=False)
-    return (w - mean) * torch.rsqrt(var * w[0].numel() + eps) * gain
+    """OTTT's ``ScaledWSConv2d.get_weight``: gain (W - mean) / sqrt(var fan_in + eps), var with N - 1."""
+    n = w[0].numel()
+    mean = w.sum((1, 2, 3), keepdim=True) / n
+    var = ((w - mean) ** 2).sum((1, 2, 3), keepdim=True) / (n - 1)
+    return (w - mean) / (var * n + eps) ** 0.5 * gain
 
 
 def unrolled_tiny_vggf(p, x, y, T, cfg, scale, detach_feedback=False):
@@ -235,6 +238,46 @@ def unrolled_tiny_vggf(p, x, y, T, cfg, scale, detach_feedback=False):
         f = s2 * scale
         outs.append(F.linear(f.mean((2, 3)), p["fc_w"], p["fc_b"]))
     return F.cross_entropy(torch.stack(outs).mean(0), y)
+
+
+def hand_sws(w, gain, eps, n_minus):
+    """Scaled WS with plain Python floats, one output channel at a time:
+    w_hat = gain (w - m) / sqrt(s2 / (N - n_minus) * N + eps), m and s2 = sum (w - m)^2 over the
+    channel's N = fan-in weights (n_minus 1: torch.var's unbiased default, the official code's)."""
+    out = []
+    for ch, g in zip(w.tolist(), gain.flatten().tolist()):
+        flat = [v for plane in ch for row in plane for v in row]
+        n = len(flat)
+        m = sum(flat) / n
+        s2 = sum((v - m) ** 2 for v in flat)
+        d = math.sqrt(s2 / (n - n_minus) * n + eps)
+        out.append([[[g * (v - m) / d for v in row] for row in plane] for plane in ch])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_scaled_ws_weight_is_the_official_definition():
+    """The sWS effective weight equals OTTT's / SLTT's ``get_weight`` (``torch.var`` default: N - 1)
+    to round-off, at the first conv's fan-in 27 where N and N - 1 differ by sqrt(27 / 26) = 1.9 %;
+    ``unbiased=False`` is the population (N) convention."""
+    from lightning_snn.layers import ScaledWSConv2d
+
+    torch.manual_seed(0)
+    layer = ScaledWSConv2d(3, 5, 3, padding=1).double()
+    with torch.no_grad():
+        layer.gain.copy_(torch.rand(5, 1, 1, 1, dtype=torch.float64) + 0.5)
+    w, g = layer.weight.detach(), layer.gain.detach()
+    official = hand_sws(w, g, 1e-4, n_minus=1)
+    # relative error of float64 round-off is ~1e-15; the N vs N - 1 difference is 1.9e-2
+    torch.testing.assert_close(layer.effective_weight().detach(), official, rtol=1e-12, atol=1e-14)
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), F.conv2d(x, official, layer.bias, padding=1), rtol=1e-12, atol=1e-12)
+    population = ScaledWSConv2d(3, 5, 3, padding=1, unbiased=False).double()
+    population.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(population.effective_weight().detach(), hand_sws(w, g, 1e-4, n_minus=0),
+                               rtol=1e-12, atol=1e-14)
+    ratio = population.effective_weight() / layer.effective_weight()
+    # the two differ by sqrt(N / (N - 1)) up to eps: far outside the tolerance above
+    assert (ratio - math.sqrt(27 / 26)).abs().max() < 1e-3
 
 
 def test_vgg11f_ws_bptt_gradient_equals_unrolled():

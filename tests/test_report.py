@@ -182,3 +182,34 @@ def test_report_title_names_the_run_and_its_energy(tmp_path: Path) -> None:
     cb = _run_report(module, torch.rand(4, 1, 2, 2), tmp_path)
     assert cb.title.startswith("mlp, T = 3, ") and "nJ per sample (SNN)" in cb.title
     assert (tmp_path / "spike_report.png").stat().st_size > 1000
+
+
+class _Payload:
+    """Unpickling this object would create ``marker`` (what a malicious checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_load_weights_refuses_a_pickled_payload(fmnist_ckpt: Path, tmp_path: Path) -> None:
+    """``load_weights`` (behind ``export`` / ``report``, and callable from Python) reads with
+    ``weights_only=True``: a checkpoint that carries a pickled object is refused, never run."""
+    from lightning_snn.commands import load_weights
+
+    module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [512]})
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    ckpt = torch.load(fmnist_ckpt, weights_only=False)
+    marker = tmp_path / "payload-ran"
+    ckpt["extra"] = _Payload(marker)
+    torch.save(ckpt, tmp_path / "payload.ckpt")
+    with pytest.raises(CheckpointError, match=r"payload\.ckpt cannot be read"):
+        load_weights(module, str(tmp_path / "payload.ckpt"))
+    assert not marker.exists()
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+    del ckpt["extra"]  # the same checkpoint without the payload loads
+    torch.save(ckpt, tmp_path / "clean.ckpt")
+    load_weights(module, str(tmp_path / "clean.ckpt"))
+    assert torch.equal(module.state_dict()["net.layers.2.0.weight"], ckpt["state_dict"]["net.layers.2.0.weight"])

@@ -8,6 +8,9 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from lightning_snn.neurons import SpikingNeuron, spiking_layers
+
+if typing.TYPE_CHECKING:
+    from lightning_snn.models.init import Initialisation
 from lightning_snn.registry import Registry
 
 
@@ -21,6 +24,9 @@ class SpikingNet(nn.Module):
     """
 
     kind: ClassVar[str] = "feedforward"
+    # how the constructor initialised the parameters (``lightning_snn.models.init``); set by
+    # ``Initialisation.apply``, so a model that declares none keeps ``None`` and fails the test
+    initialisation: Initialisation | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

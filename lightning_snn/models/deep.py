@@ -8,7 +8,7 @@
 - ``preact_resnet18``: DSR's pre-activation ResNet-18 for CIFAR (BN -> spike -> conv blocks);
   ``resnet18`` / ``resnet34``: the same blocks with the ImageNet stem (7x7/2 conv, 3x3/2 pool).
 - ``nf_resnet34``: OTTT's normaliser-free ResNet-34 for ImageNet (sWS conv, x/beta pre-activation,
-  alpha = 0.2, zero-initialised skip gains and read-out).
+  alpha = 0.2, zero-initialised skip gains and read-out weight).
 
 All take ``[T, B, C, H, W]`` and return per-step scores ``[T, B, classes]``; pooling is average
 pooling (a max of spikes is an OR). Stateless layers are wrapped in ``TimeDistributed``.
@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from lightning_snn.layers import Scale, ScaledWSConv2d, TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.feedforward import readout
+from lightning_snn.models.init import (
+    DSR_IMAGENET_RESNET, DSR_PREACT_RESNET, OTTT_NF_RESNET, OTTT_VGG, OTTT_VGGF, Initialisation,
+)
 from lightning_snn.neurons import (
     NeuronConfig, SpikingNeuron, Stateful, build_neuron, neuron_dynamics, reset_states,
 )
@@ -64,6 +67,7 @@ class SpikingVGG11WS(SpikingNet):
         layers, c = _vgg_ws_stages(input_shape[0], cfg, neuron, spike_scale)
         layers.append(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes)))
         self.layers = nn.Sequential(*layers)
+        OTTT_VGG.apply(self)  # pkuxmq/OTTT-SNN models/spiking_vgg.py
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -157,14 +161,13 @@ class SpikingVGG11FWS(SpikingNet):
         self.conv1 = layers[0]  # sees the analogue input: a plain synapse under OTTT
         self.features = nn.Sequential(*layers[1:])  # first spiking layer ... last x spike_scale
         self.head = TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), TraceLinear(c, num_classes))
-        fb_conv = TraceConv2d(c, int(cfg[0]), 3, padding=1)
-        nn.init.zeros_(fb_conv.weight)
-        nn.init.zeros_(fb_conv.bias)
+        fb_conv = TraceConv2d(c, int(cfg[0]), 3, padding=1)  # zero-initialised (OTTT_VGGF)
         # its postsynaptic neuron comes before it in registration order: name it for OTTT's trace
         # (a plain reference, not a submodule: no second copy in the state dict)
         fb_conv.__dict__["postsynaptic"] = self.features[0]
         self.feedback = TimeDistributed(nn.Upsample(scale_factor=self.factor, mode="nearest"), fb_conv)
         self.delay = Delay()
+        OTTT_VGGF.apply(self)  # pkuxmq/OTTT-SNN models/spiking_vgg.py (OnlineSpikingVGGF)
 
     @property
     def fb_conv(self) -> TraceConv2d:
@@ -219,6 +222,8 @@ class PreActResNet(SpikingNet):
         head: ``linear`` read-out or ``spiking`` (Linear -> BN1d -> spiking layer, DSR's head).
         dropout: inside each block, before its second conv.
         width: channel multiplier of the stages (64, 128, 256, 512).
+        initialisation: the official code's (``lightning_snn.models.init``), set by each
+            registered factory.
     """
 
     def __init__(
@@ -231,6 +236,7 @@ class PreActResNet(SpikingNet):
         head: str = "linear",
         dropout: float = 0.0,
         width: float = 1.0,
+        initialisation: Initialisation = DSR_PREACT_RESNET,
     ) -> None:
         super().__init__()
         widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
@@ -256,6 +262,7 @@ class PreActResNet(SpikingNet):
             TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
             *readout(c, num_classes, neuron, head),
         )
+        initialisation.apply(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -264,22 +271,25 @@ class PreActResNet(SpikingNet):
 @MODELS.register("preact_resnet18")
 def preact_resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
                     head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
-    """DSR's CIFAR PreAct-ResNet-18."""
-    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "cifar", head, dropout, width)
+    """DSR's (and SLTT's) CIFAR PreAct-ResNet-18."""
+    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "cifar", head, dropout, width,
+                        DSR_PREACT_RESNET)  # qymeng94/DSR cifar/modules/preresnet.py
 
 
 @MODELS.register("resnet18")
 def resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
              head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
     """Spiking (pre-activation) ResNet-18 with the ImageNet stem."""
-    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "imagenet", head, dropout, width)
+    return PreActResNet(input_shape, num_classes, neuron, (2, 2, 2, 2), "imagenet", head, dropout, width,
+                        DSR_IMAGENET_RESNET)  # qymeng94/DSR imagenet/preresnet_snn.py
 
 
 @MODELS.register("resnet34")
 def resnet34(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
              head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
     """Spiking (pre-activation) ResNet-34 with the ImageNet stem."""
-    return PreActResNet(input_shape, num_classes, neuron, (3, 4, 6, 3), "imagenet", head, dropout, width)
+    return PreActResNet(input_shape, num_classes, neuron, (3, 4, 6, 3), "imagenet", head, dropout, width,
+                        DSR_IMAGENET_RESNET)  # qymeng94/DSR imagenet/preresnet_snn.py
 
 
 # ------------------------------------------------------------------------------ NF-ResNet
@@ -311,8 +321,10 @@ class NFBlock(nn.Module):
 @MODELS.register("nf_resnet34")
 class NFResNet34(SpikingNet):
     """OTTT's spiking NF-ResNet-34 (ImageNet): sWS stem conv7x7/2 + avgpool3x3/2, NF blocks
-    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, zero-initialised read-out.
-    21.80M parameters for 1000 classes."""
+    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, then global average pool of
+    the residual stream and a linear read-out with zero-initialised weight (no spiking layer
+    before it, as ``OnlineSpikingNFResNet._forward_impl``). 21.80M parameters for 1000 classes.
+    ``spike_scale`` is the x2.74 inside the blocks."""
 
     def __init__(
         self,
@@ -342,12 +354,13 @@ class NFResNet34(SpikingNet):
                 var = 1.0 + alpha**2 if block.shortcut is not None else var + alpha**2
                 c = w
         self.blocks = nn.Sequential(*stages)
+        # the official head reads the residual stream itself: global average pool -> fc, no spiking
+        # layer before it; its fc is a plain nn.Linear (OTTT gives it no trace: its input is not
+        # spikes), so here ``reads_spikes`` is off. Weight zero-initialised (OTTT_NF_RESNET).
         fc = TraceLinear(c, num_classes)
-        nn.init.zeros_(fc.weight)
-        nn.init.zeros_(fc.bias)
-        self.head = nn.Sequential(
-            build_neuron(neuron), TimeDistributed(Scale(spike_scale), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-        )
+        fc.reads_spikes = False
+        self.head = nn.Sequential(TimeDistributed(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc))
+        OTTT_NF_RESNET.apply(self)  # pkuxmq/OTTT-SNN models/spiking_resnet_imagenet.py
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))

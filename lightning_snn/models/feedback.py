@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed
 from lightning_snn.models.base import MODELS, SpikingNet
+from lightning_snn.models.init import FROM_FILE, IDE_FEEDBACK, SPIDE_KAIMING, Initialisation, Rule
 from lightning_snn.neurons import NeuronConfig, SpikingNeuron, build_neuron, weighted_rate
 
 BNMode = Literal["running", "batch", "update"]
@@ -41,20 +42,30 @@ class RestrictedWeight(nn.Module):
     forward pass would leave it without one whenever the initial norm exceeds the range).
     """
 
-    def __init__(self, op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d, norm_range: float = 1.0) -> None:
+    def __init__(self, op: nn.Linear | nn.Conv2d | nn.ConvTranspose2d, norm_range: float = 1.0,
+                 estimate: bool = True) -> None:
         super().__init__()
         self.op = op
         self.norm_range = norm_range
         mat = self._matrix(op.weight.detach())
-        u = F.normalize(torch.randn(mat.shape[0]), dim=0)
+        self.register_buffer("u", torch.zeros(mat.shape[0]))
+        self.register_buffer("v", torch.zeros(mat.shape[1]))
+        self.gain = nn.Parameter(torch.tensor(0.0))
+        if estimate:  # otherwise the owner calls reset_estimate once the weight is initialised
+            self.reset_estimate()
+
+    @torch.no_grad()
+    def reset_estimate(self) -> None:
+        """Estimate sigma of the current raw weight afresh (100 power iterations from a random
+        ``u``) and set the gain to ``min(sigma, norm_range)``: after the weight is (re)initialised."""
+        mat = self._matrix(self.op.weight.detach())
+        u = F.normalize(torch.randn(mat.shape[0], dtype=mat.dtype, device=mat.device), dim=0)
         v = F.normalize(mat.t() @ u, dim=0)
         for _ in range(100):  # a good initial estimate; one iteration per step afterwards
             v = F.normalize(mat.t() @ u, dim=0)
             u = F.normalize(mat @ v, dim=0)
-        self.register_buffer("u", u)
-        self.register_buffer("v", v)
-        sigma = float(u @ mat @ v)
-        self.gain = nn.Parameter(torch.tensor(min(sigma, norm_range)))
+        self.u, self.v = u, v
+        self.gain.fill_(min(float(u @ mat @ v), self.norm_range))
 
     def _matrix(self, w: Tensor) -> Tensor:
         if isinstance(self.op, nn.ConvTranspose2d):  # weight is (in, out, k, k)
@@ -104,25 +115,6 @@ class FeedbackContext:
         return self.current[0] if self.current.stride(0) == 0 else weighted_rate(self.current, self.leak)
 
 
-@torch.no_grad()
-def official_feedback_init(m: nn.Module) -> None:
-    """The IDE / SPIDE official initialisation of a feedback net's layers (``SNNFC``, ``SNNConv``,
-    ``SNNConvTranspose._initialize_weights`` in ``modules/snn_modules.py`` of IDE-FSNN and
-    SPIDE-FSNN): weights ``U(-1, 1)`` with each output unit's weights scaled to unit L2 norm
-    (a row of a linear layer, an output channel of a conv or transposed conv), biases 0, batch
-    norm weight 1 and bias 0. The read-out (``nn.Linear`` there) keeps PyTorch's default."""
-    if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-        m.weight.uniform_(-1.0, 1.0)
-        # a transposed conv's weight is (in, out, k, k): its output units are along dim 1
-        w = m.weight.transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else m.weight
-        w /= w.flatten(1).norm(dim=1).view(-1, *([1] * (w.dim() - 1)))
-        if m.bias is not None:
-            m.bias.zero_()
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        m.weight.fill_(1.0)
-        m.bias.zero_()
-
-
 def _batch_norm(x: Tensor, bn: nn.Module, mode: BNMode, detach: bool = False) -> Tensor:
     """BN with an explicit statistics mode: ``running`` (eval statistics), ``batch`` (batch
     statistics, running ones untouched) or ``update`` (batch statistics, running ones updated)."""
@@ -155,8 +147,10 @@ class FeedbackSNN(SpikingNet):
         feedback_init_scale: factor on the feedback weight's initialisation (SPIDE's official
             ``SNNConvTranspose`` multiplies it by 0.1).
 
-    Layers start from the official initialisation (:func:`official_feedback_init`) unless
-    ``official_init`` is false (weights given, e.g. read from a NIR file).
+    Layers start from ``initialisation`` (default: IDE's official one, see
+    :data:`lightning_snn.models.init.IDE_FEEDBACK`; the feedback weight's unit rows scaled by
+    ``feedback_init_scale``) unless ``official_init`` is false (weights given, e.g. read from a
+    NIR file).
     """
 
     kind = "feedback"
@@ -173,24 +167,25 @@ class FeedbackSNN(SpikingNet):
         norm_range: float = 1.0,
         feedback_init_scale: float = 1.0,
         official_init: bool = True,
+        initialisation: Initialisation = IDE_FEEDBACK,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if official_init:  # before the restriction reads the feedback weight's norm
-            for op in [input_op, input_bn, *(m for pair in hidden for m in pair), feedback_op]:
-                if op is not None:
-                    op.apply(official_feedback_init)
-            if feedback_op is not None:
-                with torch.no_grad():
-                    feedback_op.weight.mul_(feedback_init_scale)
         self.input = TimeDistributed(input_op, input_bn)
         self.hidden_ops = nn.ModuleList([op for op, _ in hidden])
         self.hidden_bns = nn.ModuleList([bn for _, bn in hidden])
-        self.feedback = None if feedback_op is None else RestrictedWeight(feedback_op, norm_range)
+        self.feedback = (None if feedback_op is None
+                         else RestrictedWeight(feedback_op, norm_range, estimate=not official_init))
         self.neurons = nn.ModuleList([build_neuron(neuron) for _ in range(len(hidden) + 1)])
         self.classifier = classifier
         self.dropout = dropout
+        if official_init:
+            initialisation.with_overrides(("feedback.op.weight", Rule("unit_rows", feedback_init_scale))).apply(self)
+            if self.feedback is not None:  # sigma and the gain of the initialised weight
+                self.feedback.reset_estimate()
+        else:
+            self.initialisation = FROM_FILE
 
     # --------------------------------------------------------------------------- pieces
     def prepare(self, x: Tensor) -> FeedbackContext:
@@ -424,7 +419,8 @@ def lenet_zero(
 ) -> FeedbackSNN:
     """SPIDE's MNIST LeNet with ``SNNZero`` feedback (a feed-forward SNN trained by SPIDE):
     conv5x5 1->15, avg-pool 2, conv5x5 15->40, avg-pool 2, FC 1960->300, linear classifier; no
-    batch norm, no feedback."""
+    batch norm, no feedback. Initialised as the official LeNet (``init='kaiming'``: kaiming normal
+    fan-in, biases 0), not with IDE's unit rows."""
     c, h, w = input_shape
     c1, c2 = channels
     hidden_ops = [
@@ -433,4 +429,4 @@ def lenet_zero(
          nn.Identity()),
     ]
     return FeedbackSNN(nn.Conv2d(c, c1, 5, padding=2), nn.Identity(), hidden_ops, None,
-                       nn.Linear(hidden, num_classes), neuron, dropout)
+                       nn.Linear(hidden, num_classes), neuron, dropout, initialisation=SPIDE_KAIMING)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
+from lightning_snn.models.init import DSR_VGG, PYTORCH_DEFAULT, SLTT_VGG
 from lightning_snn.neurons import NeuronConfig, build_neuron
 
 
@@ -54,6 +55,7 @@ class SpikingMLP(_Sequential):
         head: list[nn.Module] = [nn.Flatten()] if not hidden else []
         layers.append(TimeDistributed(*head, TraceLinear(width, num_classes)))
         super().__init__(layers)
+        PYTORCH_DEFAULT.apply(self)  # a project model: no official code
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -98,6 +100,7 @@ class SpikingConvNet(_Sequential):
             TimeDistributed(TraceLinear(hidden, num_classes)),
         ]
         super().__init__(layers)
+        PYTORCH_DEFAULT.apply(self)  # a project model: no official code
 
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -127,6 +130,7 @@ class SpikingVGG11(_Sequential):
         layers.append(TimeDistributed(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten()))
         layers += readout(c * pool_size**2, num_classes, neuron, head)
         super().__init__(layers)
+        SLTT_VGG.apply(self)  # qymeng94/SLTT models/spiking_vgg_bn.py (as OTTT's and DSR's VGGs)
 
 
 @MODELS.register("vgg11_dvs")
@@ -137,8 +141,9 @@ def vgg11_dvs(
     width: float = 1.0,
 ) -> SpikingVGG11:
     """DSR's VGG-11 for event frames (e.g. 2x48x48 DVS-CIFAR10): 7x7 pool, spiking head."""
-    return SpikingVGG11(input_shape, num_classes, neuron, width, pool_size=7, head="spiking",
-                        dropout=0.1)
+    net = SpikingVGG11(input_shape, num_classes, neuron, width, pool_size=7, head="spiking", dropout=0.1)
+    DSR_VGG.apply(net)  # qymeng94/DSR cifar/modules/vgg.py
+    return net
 
 
 def readout(width: int, num_classes: int, neuron: NeuronConfig | None, head: str) -> list[nn.Module]:

@@ -13,6 +13,7 @@ from torch import nn
 from lightning_snn.layers import TimeDistributed, TraceConv2d, TraceLinear
 from lightning_snn.models.base import MODELS
 from lightning_snn.models.feedforward import _Sequential
+from lightning_snn.models.init import PROXY
 from lightning_snn.neurons import NeuronConfig, build_neuron
 
 
@@ -50,6 +51,7 @@ class ProxyConvNet(_Sequential):
             layers += [TimeDistributed(*ops, TraceLinear(width, n, bias=False)), build_neuron(neuron)]
             width = n
         super().__init__(layers)
+        PROXY.apply(self)  # SRKH/ProxyLearning Proxy_FashionMnist.ipynb: PyTorch's default
 
 
 @MODELS.register("proxy_fmnist")

@@ -34,6 +34,8 @@ def traced_synapses(model: nn.Module, trace_input: bool = False) -> list[tuple[T
     previous one for a read-out. Layers before the first spiking layer see the analogue input and
     are left plain unless ``trace_input``. A synapse whose postsynaptic neuron comes before it in
     registration order (a feedback synapse into an earlier layer) names it as ``postsynaptic``.
+    A synapse whose input is not spikes (``reads_spikes`` false: NF-ResNet's read-out of the
+    residual stream) stays plain, as the official code leaves it.
     """
     mods = list(model.modules())
     neurons = set(map(id, spiking_layers(model)))
@@ -42,7 +44,7 @@ def traced_synapses(model: nn.Module, trace_input: bool = False) -> list[tuple[T
         return []
     out = []
     for i, m in enumerate(mods):
-        if not isinstance(m, TraceSynapse):
+        if not isinstance(m, TraceSynapse) or not m.reads_spikes:
             continue
         post = getattr(m, "postsynaptic", None)
         if post is not None:  # named by the model: it sees spikes, whatever its position
