@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report} --config configs/<x>.yaml``.
+"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report,timesteps} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model (and the model's ``T`` into the number of event frames), checkpoints (best by
@@ -77,9 +77,10 @@ class SNNCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands plus ``export`` (NIR) and ``report`` (spikes / SOPs / energy)."""
+        """Lightning's subcommands plus ``export`` (NIR), ``report`` (spikes / SOPs / energy) and
+        ``timesteps`` (the report and accuracy against the number of time steps)."""
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
-                "report": {"model", "datamodule"}}
+                "report": {"model", "datamodule"}, "timesteps": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -182,6 +183,8 @@ class SNNCLI(LightningCLI):
             return
         diff = hparam_mismatch(self._ckpt_hparams, dict(self.model.hparams),
                                include_optimisation=self.subcommand == "fit")
+        if self.subcommand == "timesteps":  # T is what it varies (--T), and only there
+            diff = [d for d in diff if d[0] != "T"]
         if diff:
             shown = "; ".join(f"model.{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diff)
             raise CheckpointError(
@@ -198,10 +201,10 @@ class SNNCLI(LightningCLI):
 def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
     """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
     ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
-    if args is None:  # export --verify a b c: the parser reads a list as [a,b,c]
-        sys.argv[1:] = space_separated_list(sys.argv[1:])
+    if args is None:  # export --verify a b c, timesteps --T 1 2 4: the parser reads [a,b,c]
+        sys.argv[1:] = space_separated_list(space_separated_list(sys.argv[1:]), "--T")
     else:
-        args = space_separated_list(args)
+        args = space_separated_list(space_separated_list(args), "--T")
     kwargs: dict[str, Any] = {
         "save_config_callback": SaveConfigToLogger,
         "save_config_kwargs": {"overwrite": False},
@@ -229,4 +232,4 @@ def command_line(args: list[str] | None = None) -> NoReturn:
 
 # parse errors raise (jsonargparse.ArgumentError) instead of printing the usage text and exiting
 _NO_EXIT: dict[str, Any] = {"exit_on_error": False, **{
-    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict", "export", "report")}}
+    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict", "export", "report", "timesteps")}}
