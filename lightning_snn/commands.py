@@ -158,4 +158,4 @@ class SNNTrainer(pl.Trainer):
         trained = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
         training_T = int(trained.get("T", model.hparams.T))
         out = Path(out_dir or self.log_dir or ".")
-        return run_curve(self, model, datamodule, ckpt_path, steps, training_T, out, split)
+        return run_curve(self, model, datamodule, f"checkpoint {Path(ckpt_path).name}", steps, training_T, out, split)

@@ -182,17 +182,18 @@ def plot(rows: Sequence[TimeStepRow], path: Path, heading: str = "",
     plt.close(fig)
 
 
-def heading(module: pl.LightningModule, datamodule: Any, ckpt: str) -> str:
+def heading(module: pl.LightningModule, datamodule: Any, weights: str) -> str:
     dataset = str(getattr(datamodule, "hparams", {}).get("dataset", "data"))
     model = str(module.hparams.get("network", type(module.net).__name__))
     strategy = str(module.hparams.get("strategy", ""))
-    return f"{model} ({strategy}) on {dataset}: checkpoint {Path(ckpt).name} evaluated at each T"
+    return f"{model} ({strategy}) on {dataset}: {weights} evaluated at each T"
 
 
 def run_curve(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Optional[pl.LightningDataModule],
-              ckpt_path: str, time_steps: Sequence[int], training_T: int, out_dir: Path,
-              split: str = "test") -> list[TimeStepRow]:
-    """The whole command: sweep, print the table, write ``timesteps.csv`` / ``timesteps.png``."""
+              weights: str, time_steps: Sequence[int], training_T: int, out_dir: Path,
+              split: str = "test", reference: dict[int, float] | None = None) -> list[TimeStepRow]:
+    """The whole command: sweep, print the table, write ``timesteps.csv`` / ``timesteps.png``
+    (``weights``: what is evaluated, for the title; ``reference``: the paper's accuracies, %)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     why = countable(module)
     if why:
@@ -202,6 +203,6 @@ def run_curve(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Optio
     if trainer.is_global_zero:
         print(format_table(rows))
         write_csv(rows, out_dir / CSV_NAME)
-        plot(rows, out_dir / PNG_NAME, heading(module, datamodule, ckpt_path))
+        plot(rows, out_dir / PNG_NAME, heading(module, datamodule, weights), reference)
         print(f"wrote {out_dir / CSV_NAME} and {out_dir / PNG_NAME}")
     return rows

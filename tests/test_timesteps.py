@@ -6,9 +6,11 @@ synapses, the input layer does 784 x hidden MACs once per static image)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 from procs import mlp_checkpoint
@@ -53,7 +55,7 @@ class SpikeCounter:
 def direct(ckpt: Path, T: int, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> tuple[float, float]:
     """Accuracy and spikes per sample of the checkpoint's weights in a module built for ``T``."""
     stored = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hp = {**stored["hyper_parameters"], **kwargs, "T": T}
+    hp = {k: v for k, v in {**stored["hyper_parameters"], **kwargs, "T": T}.items() if not k.startswith("_")}
     hp["neuron"], hp["loss"] = NeuronConfig(**hp["neuron"]), LossConfig(**hp["loss"])
     module = SNNModule(**hp)
     module.load_state_dict(stored["state_dict"])
@@ -143,3 +145,66 @@ def test_feedback_model_under_ide_runs_its_simulation_for_each_T(tmp_path: Path,
         assert r.acc == pytest.approx(acc, abs=0.5 / IMAGES)
         assert r.spikes == pytest.approx(spikes, rel=1e-9)
     assert [r.training_T for r in rows] == [False, False, True, False]
+
+
+# ------------------------------------------------------------------ suite rows with a curve
+def test_suite_row_with_timesteps_reports_the_curve_of_its_final_weights(tmp_path: Path, data_root: Path) -> None:
+    import yaml
+
+    from lightning_snn.suite.execute import execute
+    from lightning_snn.suite.report import write_report
+    from lightning_snn.suite.spec import Options, load_suite
+
+    suite_file = tmp_path / "curve.yaml"
+    suite_file.write_text(yaml.safe_dump({"seeds": [0], "rows": [{
+        "name": "mlp", "config": str(ROOT / "configs" / "fmnist_mlp_bptt.yaml"),
+        "reference": {"metric": "test/acc", "value": None, "protocol": "final", "source": "test"},
+        "timesteps": {"T": [2, 1], "reference": {2: 50.0}, "source": "made up"}}]}))
+    suite = load_suite(suite_file)
+    opts = Options(root=tmp_path / "runs", extra=[
+        f"--data.root={data_root}", "--data.num_workers=0", "--data.val_size=0", f"--data.eval_batch_size={IMAGES // 2}",
+        f"--model.network_args={{'hidden': [{HIDDEN}]}}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.accelerator=cpu",
+        "--trainer.enable_model_summary=false"])
+    (run,) = suite.select()
+    assert execute(run, opts) == "finished"
+    d = run.directory(opts.root)
+    result = json.loads((d / "result.json").read_text())
+    curve = {p["T"]: p for p in result["timesteps"]}
+    assert sorted(curve) == [1, 2]
+    x, y = _test_batch(data_root)
+    for T, p in curve.items():  # the final weights (last.ckpt) at each T
+        acc, spikes = direct(d / "checkpoints" / "last.ckpt", T, x, y)
+        assert p["acc"] == pytest.approx(acc, abs=0.5 / IMAGES) and p["spikes"] == pytest.approx(spikes, rel=1e-9)
+    # the run's own metric is still the final test at the training T (T = 4), not the sweep's
+    assert result["value"] == pytest.approx(100 * direct(d / "checkpoints" / "last.ckpt", 4, x, y)[0], abs=50 / IMAGES)
+    write_report(suite, opts)
+    table = pd.read_csv(opts.root / "curve" / "timesteps.csv")
+    assert list(table["T"]) == [1, 2] and list(table["paper_acc"].fillna(-1)) == [-1, 50.0]
+    md = (opts.root / "curve" / "results.md").read_text()
+    assert "Accuracy against inference time steps" in md and "made up" in md and "| 50.00" in md
+    assert (opts.root / "curve" / "timesteps_mlp.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("steps, message", [([0, 2], "must be a non-empty list of distinct integers >= 1"),
+                                            ({"T": [1, 2], "reference": {4: 60.0}}, "T 4 is not one of"),
+                                            ({"T": [1], "colour": 1}, "unknown key 'colour'")])
+def test_bad_suite_timesteps_are_one_line_errors(tmp_path: Path, steps: Any, message: str) -> None:
+    import yaml
+
+    from lightning_snn.suite.spec import SuiteError, load_suite
+
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"seeds": [0], "rows": [{
+        "name": "a", "config": str(ROOT / "configs" / "fmnist_mlp_bptt.yaml"), "timesteps": steps,
+        "reference": {"metric": "test/acc", "value": None, "protocol": "final", "source": "test"}}]}))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(f)
+
+
+def test_ottt_imagenet_row_carries_the_published_sweep() -> None:
+    from lightning_snn.suite.spec import load_suite
+
+    steps = load_suite(ROOT / "configs" / "suites" / "ottt.yaml").row("imagenet_nfresnet34_ottt_a").timesteps
+    assert steps.T == (1, 2, 4, 6, 8, 10, 12)
+    assert dict(steps.reference) == {1: 58.92, 2: 62.63, 4: 64.52, 6: 65.15, 8: 65.23, 10: 65.35, 12: 65.40}

@@ -18,6 +18,9 @@ optional command-line overrides) and the paper's reference for it::
           protocol: final                         # final | best_epoch
           source: "Xiao et al., NeurIPS 2021 (IDE), Table 1"
           note: "..."                             # optional
+        timesteps: [1, 2, 4, 8]                   # optional: the final weights also evaluated at
+                                                  # each T (``lightning_snn.timesteps``), or
+        # timesteps: {T: [1, 2, 4], reference: {1: 58.9, 2: 62.6, 4: 64.5}, source: "..."}
 
 Every key is checked (unknown keys, duplicate rows, missing configs, no seeds are one-line
 errors) before anything runs. One (row, seed) pair is a :class:`RunSpec`: the description every
@@ -56,6 +59,16 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class TimeSteps:
+    """A row's time-steps curve: the inference T to evaluate its final weights at, and the paper's
+    accuracy (percent) at some of them."""
+
+    T: tuple[int, ...]
+    reference: tuple[tuple[int, float], ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Row:
     """One line of the table: a config, its overrides, its seeds, the paper's reference."""
 
@@ -64,6 +77,7 @@ class Row:
     overrides: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: Reference
+    timesteps: TimeSteps | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,30 @@ def _reference(where: str, data: Any) -> Reference:
                      protocol=d["protocol"], source=str(d["source"]), note=str(d.get("note") or ""))
 
 
+def _positive_ints(where: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in value) or len(set(value)) != len(value):
+        raise SuiteError(f"{where} must be a non-empty list of distinct integers >= 1, got {value!r}")
+    return tuple(sorted(value))
+
+
+def _timesteps(where: str, data: Any) -> TimeSteps:
+    """``[1, 2, 4]`` or ``{T: [...], reference: {T: accuracy %}, source: ...}``."""
+    if isinstance(data, list):
+        return TimeSteps(_positive_ints(where, data))
+    d = _keys(where, data, {"T", "reference", "source"}, {"T"})
+    steps = _positive_ints(f"{where}.T", d["T"])
+    ref = d.get("reference") or {}
+    if not isinstance(ref, dict):
+        raise SuiteError(f"{where}.reference must map T to an accuracy in percent, got {ref!r}")
+    pairs = []
+    for t, v in ref.items():
+        if t not in steps:
+            raise SuiteError(f"{where}.reference: T {t!r} is not one of {where}.T {list(steps)}")
+        pairs.append((int(t), _number(f"{where}.reference[{t}]", v)))
+    return TimeSteps(steps, tuple(sorted(pairs)), str(d.get("source") or ""))
+
+
 def load_suite(suite: str | Path) -> Suite:
     """Read and check a suite file (a path or a name under ``configs/suites``)."""
     from lightning_snn.yamlfile import load_yaml
@@ -176,7 +214,8 @@ def load_suite(suite: str | Path) -> Suite:
     rows: list[Row] = []
     for i, item in enumerate(top["rows"]):
         where = f"{path} row {i + 1}"
-        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference"}, {"name", "config", "reference"})
+        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps"},
+                  {"name", "config", "reference"})
         name = d["name"]
         where = f"{path} row {name!r}"
         if not isinstance(name, str) or not _NAME.match(name):
@@ -196,7 +235,8 @@ def load_suite(suite: str | Path) -> Suite:
             seeds = default_seeds
         else:
             raise SuiteError(f"{where}: no seeds (valid: a suite-level 'seeds' list or one on the row)")
-        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"])))
+        steps = _timesteps(f"{where} timesteps", d["timesteps"]) if d.get("timesteps") is not None else None
+        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]), steps))
     return Suite(path.stem, path.resolve(), str(top.get("description") or ""), default_seeds or (), tuple(rows))
 
 
