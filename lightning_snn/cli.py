@@ -105,6 +105,15 @@ class SNNCLI(LightningCLI):
             help="after fit, evaluate the best (by val/acc) or the final weights on the test split",
         )
         parser.add_argument(
+            "--init_from", type=Optional[str], default=None,
+            help="fit: start from this checkpoint's weights only (no optimiser, epoch or T); mismatched "
+                 "keys are an error unless named in --init_from_ignore (lightning_snn.init_from)",
+        )
+        parser.add_argument(
+            "--init_from_ignore", type=list[str], default=[],
+            help="fit --init_from: keys (fnmatch globs) not loaded; missing / reshaped ones keep their initialisation",
+        )
+        parser.add_argument(
             "--allow_other_data", type=bool, default=False,
             help="test / validate / report a --ckpt_path on another data set than it was trained on",
         )
@@ -132,6 +141,7 @@ class SNNCLI(LightningCLI):
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
+        self._init_from()
         if self._ckpt_data and self.subcommand != "export" and hasattr(self.datamodule, "run_settings"):
             note = check_data_settings(self._ckpt_data, self.datamodule.run_settings(), self._ckpt_file,
                                        self.subcommand, self.config[self.subcommand].get("allow_other_data"))
@@ -177,6 +187,25 @@ class SNNCLI(LightningCLI):
                 f"({memory_peak_text(e, self.trainer.strategy.root_device)}) "
                 "(valid: a smaller --data.batch_size / --data.eval_batch_size or --model.T, "
                 "--trainer.precision bf16-mixed, or --trainer.accumulate_grad_batches)") from e
+
+    def _init_from(self) -> None:
+        """``fit --init_from CKPT``: the weights of another run (``init_from``), before training."""
+        cfg = self.config[self.subcommand]
+        source, ignore = cfg.get("init_from"), list(cfg.get("init_from_ignore") or [])
+        if not source:
+            if ignore:
+                raise UsageError(f"--init_from_ignore {ignore} without --init_from (valid: both, or neither)")
+            return
+        if self.subcommand != "fit":
+            raise UsageError(f"--init_from {source}: only fit starts from another run's weights (valid: "
+                             f"`{self.subcommand} --ckpt_path {source}` to evaluate it)")
+        if cfg.get("ckpt_path"):  # a resumed run (e.g. requeued) continues from its own weights
+            print(f"--init_from {source} not applied: resuming from --ckpt_path {cfg.ckpt_path}", file=sys.stderr)
+            return
+        from lightning_snn.init_from import init_weights
+
+        report = init_weights(self.model, source, ignore)
+        print(report.summary(source), file=sys.stderr)
 
     def _check_checkpoint_matches_model(self) -> None:
         if not self._ckpt_hparams:

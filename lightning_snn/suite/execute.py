@@ -132,7 +132,34 @@ def fit_args(run: RunSpec, opts: Options, attempt: int, ckpt: Path | None = None
             "--trainer.callbacks+=lightning_snn.suite.execute.RunStats",
             "--trainer.callbacks+=lightning_snn.suite.execute.SuiteEnergyReport",
             *opts.extra, "--test_after_fit=last"]
+    if run.row.init_from:  # the final weights of the source row's run of the same seed
+        args.append(f"--init_from={source_checkpoint(run, opts)}")
     return args + ([f"--ckpt_path={ckpt}"] if ckpt else [])
+
+
+def source_directory(run: RunSpec, opts: Options) -> Path:
+    """The directory of the run that ``run`` starts from (``init_from``)."""
+    return (Path(opts.root) / run.suite / str(run.row.init_from) / f"seed{run.seed}").resolve()
+
+
+def source_checkpoint(run: RunSpec, opts: Options) -> Path:
+    """The final weights of the source run: its ``checkpoints/last.ckpt``."""
+    return source_directory(run, opts) / "checkpoints" / "last.ckpt"
+
+
+def source_problem(run: RunSpec, opts: Options) -> str | None:
+    """Why ``run`` cannot start from its source run yet (``None``: it can, or has no source)."""
+    if not run.row.init_from:
+        return None
+    src = source_directory(run, opts)
+    key = f"{run.row.init_from}/seed{run.seed}"
+    if (src / FAILED).is_file():
+        return f"source run {key} failed ({json.loads((src / FAILED).read_text()).get('error', '?')})"
+    if not (src / RESULT).is_file():
+        return f"source run {key} has not finished"
+    if not source_checkpoint(run, opts).is_file():
+        return f"source run {key} has no checkpoints/last.ckpt"
+    return None
 
 
 def read_metrics(directory: Path) -> "Any":
@@ -259,6 +286,10 @@ def execute(run: RunSpec, opts: Options) -> str:
             return "done"
         (d / FAILED).unlink(missing_ok=True)
         attempt, start, ckpt = next_attempt(d), time.time(), resume_checkpoint(d)
+        problem = None if ckpt else source_problem(run, opts)  # a resumed run has its own weights
+        if problem:
+            write_json(d / FAILED, {"error": f"not started: {problem}", "type": "SourceRunError", "attempt": attempt})
+            return "failed"
         _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None})
         try:
             cli = main(fit_args(run, opts, attempt, ckpt), parser_kwargs=_NO_EXIT, save_config_kwargs={"overwrite": True})

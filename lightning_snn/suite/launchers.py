@@ -39,14 +39,21 @@ def outcome(run: RunSpec, opts: Options, code: int | None = None) -> tuple[str, 
 
 
 def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 1) -> int:
-    """Each run in a child process, ``parallel`` at a time; its output goes to ``<run dir>/run.log``.
+    """Each run in a child process, ``parallel`` at a time, a run that starts from another
+    (``init_from``) after that one ended; its output goes to ``<run dir>/run.log``.
     Returns 0 when every run is done, else 1."""
     pending = list(runs)
     active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
     ok = True
+
+    def ready(run: RunSpec) -> bool:  # its source run (init_from), if launched here, has ended
+        src = run.source(suite)
+        return src is None or all(r.key != src.key for r in pending + [a[0] for a in active])
+
     while pending or active:
-        while pending and len(active) < parallel:
-            run = pending.pop(0)
+        while len(active) < parallel and any(ready(r) for r in pending):
+            run = next(r for r in pending if ready(r))
+            pending.remove(run)
             d = run.directory(opts.root)
             d.mkdir(parents=True, exist_ok=True)
             log = open(d / "run.log", "a")

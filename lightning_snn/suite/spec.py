@@ -21,6 +21,9 @@ optional command-line overrides) and the paper's reference for it::
         timesteps: [1, 2, 4, 8]                   # optional: the final weights also evaluated at
                                                   # each T (``lightning_snn.timesteps``), or
         # timesteps: {T: [1, 2, 4], reference: {1: 58.9, 2: 62.6, 4: 64.5}, source: "..."}
+        init_from: ann_stage                      # optional: start from the final weights of this
+                                                  # row's run of the same seed (fit --init_from);
+                                                  # launchers start it after that run
 
 Every key is checked (unknown keys, duplicate rows, missing configs, no seeds are one-line
 errors) before anything runs. One (row, seed) pair is a :class:`RunSpec`: the description every
@@ -78,6 +81,7 @@ class Row:
     seeds: tuple[int, ...]
     reference: Reference
     timesteps: TimeSteps | None = None
+    init_from: str | None = None  # the row whose final weights this row starts from
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,16 @@ class Suite:
         raise SuiteError(f"suite {self.name!r} has no row {name!r} (valid: {', '.join(r.name for r in self.rows)})")
 
     def select(self, rows: list[str] | None = None, seeds: list[int] | None = None) -> list["RunSpec"]:
-        """The runs of ``rows`` (default: all) for ``seeds`` (default: each row's own)."""
+        """The runs of ``rows`` (default: all) for ``seeds`` (default: each row's own), every run
+        after the run it starts from (``init_from``)."""
         chosen = [self.row(n) for n in rows] if rows else list(self.rows)
-        return [RunSpec(self.name, r, s) for r in chosen for s in (seeds if seeds else r.seeds)]
+        runs = [RunSpec(self.name, r, s) for r in chosen for s in (seeds if seeds else r.seeds)]
+        return sorted(runs, key=lambda run: self.stage(run.row.name))
+
+    def stage(self, name: str) -> int:
+        """0 for a row that starts from scratch, else one more than the row it starts from."""
+        row = self.row(name)
+        return 0 if row.init_from is None else 1 + self.stage(row.init_from)
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,10 @@ class RunSpec:
     @property
     def key(self) -> str:
         return f"{self.row.name}/seed{self.seed}"
+
+    def source(self, suite: "Suite") -> "RunSpec | None":
+        """The run whose final weights this one starts from (``init_from``: same seed)."""
+        return None if self.row.init_from is None else RunSpec(self.suite, suite.row(self.row.init_from), self.seed)
 
     def directory(self, root: Path) -> Path:
         return Path(root) / self.suite / self.row.name / f"seed{self.seed}"
@@ -214,7 +229,7 @@ def load_suite(suite: str | Path) -> Suite:
     rows: list[Row] = []
     for i, item in enumerate(top["rows"]):
         where = f"{path} row {i + 1}"
-        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps"},
+        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps", "init_from"},
                   {"name", "config", "reference"})
         name = d["name"]
         where = f"{path} row {name!r}"
@@ -236,8 +251,38 @@ def load_suite(suite: str | Path) -> Suite:
         else:
             raise SuiteError(f"{where}: no seeds (valid: a suite-level 'seeds' list or one on the row)")
         steps = _timesteps(f"{where} timesteps", d["timesteps"]) if d.get("timesteps") is not None else None
-        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]), steps))
+        source = d.get("init_from")
+        if source is not None and not isinstance(source, str):
+            raise SuiteError(f"{where}: init_from must be the name of another row, got {source!r}")
+        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]),
+                        steps, source))
+    _check_sources(path, rows)
     return Suite(path.stem, path.resolve(), str(top.get("description") or ""), default_seeds or (), tuple(rows))
+
+
+def _check_sources(path: Path, rows: list[Row]) -> None:
+    """Every ``init_from`` names another row that has the row's seeds, and no row starts from itself
+    through a chain."""
+    by_name = {r.name: r for r in rows}
+    for r in rows:
+        if r.init_from is None:
+            continue
+        src = by_name.get(r.init_from)
+        if src is None or src is r:
+            raise SuiteError(f"{path} row {r.name!r}: init_from {r.init_from!r} is not another row of the suite "
+                             f"(valid: {', '.join(n for n in by_name if n != r.name)})")
+        lacking = sorted(set(r.seeds) - set(src.seeds))
+        if lacking:
+            raise SuiteError(f"{path} row {r.name!r}: starts from row {src.name!r}, which has no seed {lacking[0]} "
+                             f"(valid: seeds of {src.name!r}: {list(src.seeds)})")
+        seen, cur = {r.name}, src
+        while cur.init_from is not None:
+            if cur.init_from in seen or cur.name in seen:
+                raise SuiteError(f"{path} row {r.name!r}: init_from forms a cycle through {cur.name!r}")
+            seen.add(cur.name)
+            if cur.init_from not in by_name:
+                break  # reported for that row
+            cur = by_name[cur.init_from]
 
 
 @dataclass
