@@ -114,6 +114,11 @@ class SNNCLI(LightningCLI):
             help="fit --init_from: keys (fnmatch globs) not loaded; missing / reshaped ones keep their initialisation",
         )
         parser.add_argument(
+            "--init_from_calibrate", type=bool, default=False,
+            help="fit --init_from: then set each IF layer's threshold to the 99.9th percentile of its post-ReLU "
+                 "ANN activation over 5 validation batches (DSR's hybrid recipe, lightning_snn.calibrate)",
+        )
+        parser.add_argument(
             "--allow_other_data", type=bool, default=False,
             help="test / validate / report a --ckpt_path on another data set than it was trained on",
         )
@@ -193,8 +198,9 @@ class SNNCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         source, ignore = cfg.get("init_from"), list(cfg.get("init_from_ignore") or [])
         if not source:
-            if ignore:
-                raise UsageError(f"--init_from_ignore {ignore} without --init_from (valid: both, or neither)")
+            if ignore or cfg.get("init_from_calibrate"):
+                what = f"--init_from_ignore {ignore}" if ignore else "--init_from_calibrate"
+                raise UsageError(f"{what} without --init_from (valid: with --init_from, or neither)")
             return
         if self.subcommand != "fit":
             raise UsageError(f"--init_from {source}: only fit starts from another run's weights (valid: "
@@ -206,6 +212,14 @@ class SNNCLI(LightningCLI):
 
         report = init_weights(self.model, source, ignore)
         print(report.summary(source), file=sys.stderr)
+        if cfg.get("init_from_calibrate"):
+            from lightning_snn.calibrate import calibrate_thresholds
+
+            dm = self.datamodule
+            dm.setup("fit")
+            thresholds = calibrate_thresholds(self.model.net, (b[0] for b in dm.val_dataloader()))
+            print("--init_from_calibrate: thresholds " + ", ".join(f"{k} {v:.4g}" for k, v in thresholds.items()),
+                  file=sys.stderr)
 
     def _check_checkpoint_matches_model(self) -> None:
         if not self._ckpt_hparams:
