@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report} --config configs/<x>.yaml``.
+"""Command line: ``python -m lightning_snn {fit,validate,test,predict,export,report,timesteps} --config configs/<x>.yaml``.
 
 Lightning's own ``LightningCLI``; the data module's number of classes and input shape are linked
 into the model (and the model's ``T`` into the number of event frames), checkpoints (best by
@@ -77,9 +77,10 @@ class SNNCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands plus ``export`` (NIR) and ``report`` (spikes / SOPs / energy)."""
+        """Lightning's subcommands plus ``export`` (NIR), ``report`` (spikes / SOPs / energy) and
+        ``timesteps`` (the report and accuracy against the number of time steps)."""
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"},
-                "report": {"model", "datamodule"}}
+                "report": {"model", "datamodule"}, "timesteps": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -102,6 +103,20 @@ class SNNCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=Optional[Literal["best", "last"]], default=None,
             help="after fit, evaluate the best (by val/acc) or the final weights on the test split",
+        )
+        parser.add_argument(
+            "--init_from", type=Optional[str], default=None,
+            help="fit: start from this checkpoint's weights only (no optimiser, epoch or T); mismatched "
+                 "keys are an error unless named in --init_from_ignore (lightning_snn.init_from)",
+        )
+        parser.add_argument(
+            "--init_from_ignore", type=list[str], default=[],
+            help="fit --init_from: keys (fnmatch globs) not loaded; missing / reshaped ones keep their initialisation",
+        )
+        parser.add_argument(
+            "--init_from_calibrate", type=bool, default=False,
+            help="fit --init_from: then set each IF layer's threshold to the 99.9th percentile of its post-ReLU "
+                 "ANN activation over 5 validation batches (DSR's hybrid recipe, lightning_snn.calibrate)",
         )
         parser.add_argument(
             "--allow_other_data", type=bool, default=False,
@@ -131,6 +146,7 @@ class SNNCLI(LightningCLI):
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
+        self._init_from()
         if self._ckpt_data and self.subcommand != "export" and hasattr(self.datamodule, "run_settings"):
             note = check_data_settings(self._ckpt_data, self.datamodule.run_settings(), self._ckpt_file,
                                        self.subcommand, self.config[self.subcommand].get("allow_other_data"))
@@ -177,11 +193,41 @@ class SNNCLI(LightningCLI):
                 "(valid: a smaller --data.batch_size / --data.eval_batch_size or --model.T, "
                 "--trainer.precision bf16-mixed, or --trainer.accumulate_grad_batches)") from e
 
+    def _init_from(self) -> None:
+        """``fit --init_from CKPT``: the weights of another run (``init_from``), before training."""
+        cfg = self.config[self.subcommand]
+        source, ignore = cfg.get("init_from"), list(cfg.get("init_from_ignore") or [])
+        if not source:
+            if ignore or cfg.get("init_from_calibrate"):
+                what = f"--init_from_ignore {ignore}" if ignore else "--init_from_calibrate"
+                raise UsageError(f"{what} without --init_from (valid: with --init_from, or neither)")
+            return
+        if self.subcommand != "fit":
+            raise UsageError(f"--init_from {source}: only fit starts from another run's weights (valid: "
+                             f"`{self.subcommand} --ckpt_path {source}` to evaluate it)")
+        if cfg.get("ckpt_path"):  # a resumed run (e.g. requeued) continues from its own weights
+            print(f"--init_from {source} not applied: resuming from --ckpt_path {cfg.ckpt_path}", file=sys.stderr)
+            return
+        from lightning_snn.init_from import init_weights
+
+        report = init_weights(self.model, source, ignore)
+        print(report.summary(source), file=sys.stderr)
+        if cfg.get("init_from_calibrate"):
+            from lightning_snn.calibrate import calibrate_thresholds
+
+            dm = self.datamodule
+            dm.setup("fit")
+            thresholds = calibrate_thresholds(self.model.net, (b[0] for b in dm.val_dataloader()))
+            print("--init_from_calibrate: thresholds " + ", ".join(f"{k} {v:.4g}" for k, v in thresholds.items()),
+                  file=sys.stderr)
+
     def _check_checkpoint_matches_model(self) -> None:
         if not self._ckpt_hparams:
             return
         diff = hparam_mismatch(self._ckpt_hparams, dict(self.model.hparams),
                                include_optimisation=self.subcommand == "fit")
+        if self.subcommand == "timesteps":  # T is what it varies (--T), and only there
+            diff = [d for d in diff if d[0] != "T"]
         if diff:
             shown = "; ".join(f"model.{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diff)
             raise CheckpointError(
@@ -198,10 +244,10 @@ class SNNCLI(LightningCLI):
 def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
     """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
     ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
-    if args is None:  # export --verify a b c: the parser reads a list as [a,b,c]
-        sys.argv[1:] = space_separated_list(sys.argv[1:])
+    if args is None:  # export --verify a b c, timesteps --T 1 2 4: the parser reads [a,b,c]
+        sys.argv[1:] = space_separated_list(space_separated_list(sys.argv[1:]), "--T")
     else:
-        args = space_separated_list(args)
+        args = space_separated_list(space_separated_list(args), "--T")
     kwargs: dict[str, Any] = {
         "save_config_callback": SaveConfigToLogger,
         "save_config_kwargs": {"overwrite": False},
@@ -229,4 +275,4 @@ def command_line(args: list[str] | None = None) -> NoReturn:
 
 # parse errors raise (jsonargparse.ArgumentError) instead of printing the usage text and exiting
 _NO_EXIT: dict[str, Any] = {"exit_on_error": False, **{
-    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict", "export", "report")}}
+    sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict", "export", "report", "timesteps")}}

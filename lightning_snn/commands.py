@@ -1,9 +1,11 @@
-"""The ``export`` and ``report`` subcommands of the command line.
+"""The ``export``, ``report`` and ``timesteps`` subcommands of the command line.
 
 ``python -m lightning_snn export --config C --ckpt_path X --out model.nir`` writes the trained
 network as a NIR graph; ``python -m lightning_snn report --config C --ckpt_path X`` runs it on a
 data split and reports spikes, synaptic operations and energy per layer
-(:class:`lightning_snn.report.SpikeEnergyReport`). They are methods of the trainer so that
+(:class:`lightning_snn.report.SpikeEnergyReport`); ``python -m lightning_snn timesteps --config C
+--ckpt_path X --T 1 2 4 8`` evaluates the checkpoint at each T (:mod:`lightning_snn.timesteps`).
+They are methods of the trainer so that
 ``LightningCLI`` builds the model, data and trainer from the same config as ``fit``.
 """
 
@@ -75,7 +77,7 @@ def _test_images(datamodule: Optional[pl.LightningDataModule], n: int) -> tuple[
 
 
 class SNNTrainer(pl.Trainer):
-    """``pl.Trainer`` with the ``export`` and ``report`` commands."""
+    """``pl.Trainer`` with the ``export``, ``report`` and ``timesteps`` commands."""
 
     def export(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
                ckpt_path: Optional[str] = None, out: str = "model.nir", dt: float = 1e-4,
@@ -138,3 +140,29 @@ class SNNTrainer(pl.Trainer):
         finally:
             self.callbacks.remove(cb)
         return cb.totals
+
+    def timesteps(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
+                  ckpt_path: Optional[str] = None, T: Optional[list[int]] = None,
+                  split: Literal["test", "val"] = "test", out_dir: Optional[str] = None) -> list:
+        """Accuracy, spikes, SOPs and energy per sample of a checkpoint evaluated at each of ``T``.
+
+        Args:
+            model: the configured ``SNNModule`` (its settings must be the checkpoint's, but for T).
+            datamodule: the configured data.
+            ckpt_path: Lightning checkpoint with the trained weights.
+            T: the time steps to run it for (the forward simulation length for IDE / SPIDE, the
+                number of frames for event data), e.g. ``--T 1 2 4 6 8 12``.
+            split: ``test`` or ``val``.
+            out_dir: where ``timesteps.csv`` / ``.png`` (and each T's spike report under
+                ``T<k>/``) go (default: the logger's directory).
+        """
+        from lightning_snn.timesteps import check_time_steps, run_curve
+
+        steps = check_time_steps(T)
+        if not ckpt_path:
+            raise ValueError("timesteps needs --ckpt_path (the trained checkpoint)")
+        load_weights(model, ckpt_path)
+        trained = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+        training_T = int(trained.get("T", model.hparams.T))
+        out = Path(out_dir or self.log_dir or ".")
+        return run_curve(self, model, datamodule, f"checkpoint {Path(ckpt_path).name}", steps, training_T, out, split)

@@ -47,6 +47,7 @@ BUILD = {
     "alexnet_f": ((3, 32, 32), 10, {"batch_norm": False, "feedback_init_scale": 0.1}),
     "cifarnet_f": ((3, 32, 32), 100, {}),
     "lenet_zero": ((1, 28, 28), 10, {}),
+    "r_mlp": ((1, 28, 28), 10, {}),
     "nir": None,  # built from a file: test_nir_model_keeps_the_files_weights
 }
 # the source each model's declaration must name (the official file, read for this table)
@@ -63,6 +64,7 @@ SOURCES = {
     "multilayer_f": "pkuxmq/IDE-FSNN modules/snn_modules.py", "alexnet_f": "pkuxmq/IDE-FSNN modules/snn_modules.py",
     "cifarnet_f": "pkuxmq/IDE-FSNN modules/snn_modules.py",
     "lenet_zero": "pkuxmq/SPIDE-FSNN models/snn_spide_mnist_lenet.py",
+    "r_mlp": "pkuxmq/IDE-FSNN modules/snn_modules.py",
 }
 
 

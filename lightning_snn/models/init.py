@@ -172,6 +172,14 @@ IDE_FEEDBACK = Initialisation(
     conv_weight=Rule("unit_rows", 1.0), conv_bias=ZERO, linear_weight=Rule("unit_rows", 1.0), linear_bias=ZERO,
     overrides=(("classifier.*", DEFAULT), ("feedback.gain", GIVEN)),
 )
+# R400 (OTTT's appendix row): IDE's F400 layer run step by step. OTTT's official code has no
+# Fashion-MNIST script, so the F400 layer's initialisation is taken (an assumption, named in
+# configs/ottt/base/r400.yaml); the recurrent weight's unit rows are then divided by their spectral
+# norm where it exceeds 1 (the weight IDE's restricted feedback starts from): derived, ``given``.
+IDE_RECURRENT = replace(
+    IDE_FEEDBACK, source="pkuxmq/IDE-FSNN modules/snn_modules.py (_initialize_weights), F400's layer; assumed for R400",
+    overrides=(("classifier.*", DEFAULT), ("recurrent.*", GIVEN)),
+)
 # pkuxmq/SPIDE-FSNN models/snn_spide_mnist_lenet.py: every SNNConv / SNNFC init='kaiming', i.e.
 # kaiming_normal_(a=0, mode='fan_in') (modules/snn_modules.py), bias 0; the classifier PyTorch's default.
 SPIDE_KAIMING = Initialisation(

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lightning_snn.layers import TimeDistributed, TraceLinear
 from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.deep import Delay, run_step_by_step
-from lightning_snn.models.feedback import official_feedback_init
+from lightning_snn.models.init import IDE_RECURRENT, Rule
 from lightning_snn.neurons import NeuronConfig, build_neuron
 
 
@@ -33,7 +33,7 @@ class RecurrentMLP(SpikingNet):
         batch_norm: a BatchNorm1d on the input current ``F x`` (as IDE's F400).
 
     ``F``, ``W_rec`` and the batch norm start from IDE's official initialisation
-    (:func:`lightning_snn.models.feedback.official_feedback_init`: ``U(-1, 1)`` rows of unit norm),
+    (:data:`lightning_snn.models.init.IDE_RECURRENT`: ``U(-1, 1)`` rows of unit norm),
     and ``W_rec`` is then divided by its spectral norm where that exceeds 1, which is the weight
     IDE's restricted feedback (``g W / sigma(W)``, ``|g| <= 1``) starts from; afterwards it is an
     unrestricted weight (no fixed point has to exist when training through time). The read-out
@@ -65,8 +65,7 @@ class RecurrentMLP(SpikingNet):
         self.input = TimeDistributed(nn.Flatten(), linear_in, bn)
         self.neuron = build_neuron(neuron)
         recurrent = TraceLinear(hidden, hidden, bias=False)
-        for m in (linear_in, bn, recurrent):
-            m.apply(official_feedback_init)
+        Rule("unit_rows", 1.0).apply(recurrent, recurrent.weight)
         with torch.no_grad():
             sigma = torch.linalg.matrix_norm(recurrent.weight, ord=2)
             recurrent.weight.div_(torch.clamp(sigma, min=1.0))
@@ -77,6 +76,7 @@ class RecurrentMLP(SpikingNet):
         self.classifier = TimeDistributed(TraceLinear(hidden, num_classes))
         self.delay = Delay()
         self.hidden = hidden
+        IDE_RECURRENT.apply(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return run_step_by_step(self, self._run, x)

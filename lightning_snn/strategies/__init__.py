@@ -2,6 +2,6 @@
 
 from lightning_snn.strategies.base import STRATEGIES, Backward, GradientStrategy, plain_backward
 from lightning_snn.strategies.online import OnlineStrategy
-from lightning_snn.strategies import bptt, dsr, ide, ottt, proxy, sltt, spide  # noqa: F401  (registers the strategies)
+from lightning_snn.strategies import ann, bptt, dsr, ide, ottt, proxy, sltt, spide  # noqa: F401  (registers the strategies)
 
 __all__ = ["STRATEGIES", "Backward", "GradientStrategy", "OnlineStrategy", "plain_backward"]

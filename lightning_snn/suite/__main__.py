@@ -199,7 +199,10 @@ def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: 
         table.append({"row": name, "runs": len(mine), **{k: int(v) for k, v in states.items()},
                       "devices/run": f"{t.accelerator}:{t.devices}", "steps/run": steps if steps is not None else "-",
                       "s/step": f"{seconds:.3f}" if seconds is not None else "-",
-                      "est. device-hours": f"{hours:.3g}" if hours is not None else "?", "note": timing})
+                      "est. device-hours": f"{hours:.3g}" if hours is not None else "?",
+                      "stage": f"{suite.stage(name) + 1}" + (f" (from {suite.row(name).init_from})"
+                                                              if suite.row(name).init_from else ""),
+                      "note": timing})
     left = sum(1 for _, s, _ in lines if s in ("pending", "interrupted"))
     print(f"suite {suite.name} ({suite.path}): {len(lines)} runs, {left} to train with the {launcher} launcher, "
           f"runs in {Path(opts.root).resolve() / suite.name}")

@@ -4,8 +4,9 @@ directory, resumable and never trained twice.
 Layout of ``<root>/<suite>/<row>/seed<k>/``:
 ``result.json`` (written atomically at the end: the run is done), ``failed.json`` (the error's last
 line), ``run.lock`` (held while training), ``checkpoints/`` (``last.ckpt`` to resume from),
-``logs/attempt<n>/`` (each start's ``metrics.csv``, ``config.yaml`` and spike report) and
-``attempts.jsonl`` (wall time of each start).
+``logs/attempt<n>/`` (each start's ``metrics.csv``, ``config.yaml`` and spike report),
+``attempts.jsonl`` (wall time of each start) and, for a row with ``timesteps``, ``timesteps/``
+(the final weights evaluated at each T: ``timesteps.csv`` / ``.png``, also in the result).
 """
 
 from __future__ import annotations
@@ -131,7 +132,34 @@ def fit_args(run: RunSpec, opts: Options, attempt: int, ckpt: Path | None = None
             "--trainer.callbacks+=lightning_snn.suite.execute.RunStats",
             "--trainer.callbacks+=lightning_snn.suite.execute.SuiteEnergyReport",
             *opts.extra, "--test_after_fit=last"]
+    if run.row.init_from:  # the final weights of the source row's run of the same seed
+        args.append(f"--init_from={source_checkpoint(run, opts)}")
     return args + ([f"--ckpt_path={ckpt}"] if ckpt else [])
+
+
+def source_directory(run: RunSpec, opts: Options) -> Path:
+    """The directory of the run that ``run`` starts from (``init_from``)."""
+    return (Path(opts.root) / run.suite / str(run.row.init_from) / f"seed{run.seed}").resolve()
+
+
+def source_checkpoint(run: RunSpec, opts: Options) -> Path:
+    """The final weights of the source run: its ``checkpoints/last.ckpt``."""
+    return source_directory(run, opts) / "checkpoints" / "last.ckpt"
+
+
+def source_problem(run: RunSpec, opts: Options) -> str | None:
+    """Why ``run`` cannot start from its source run yet (``None``: it can, or has no source)."""
+    if not run.row.init_from:
+        return None
+    src = source_directory(run, opts)
+    key = f"{run.row.init_from}/seed{run.seed}"
+    if (src / FAILED).is_file():
+        return f"source run {key} failed ({json.loads((src / FAILED).read_text()).get('error', '?')})"
+    if not (src / RESULT).is_file():
+        return f"source run {key} has not finished"
+    if not source_checkpoint(run, opts).is_file():
+        return f"source run {key} has no checkpoints/last.ckpt"
+    return None
 
 
 def read_metrics(directory: Path) -> "Any":
@@ -280,8 +308,9 @@ def execute(run: RunSpec, opts: Options) -> str:
     if (d / FAILED).is_file() and not opts.retry_failed:
         return "failed"
     if global_rank() != 0:  # a DDP rank > 0: rank 0 holds the lock and writes the result
-        main(fit_args(run, opts, next_attempt(d), resume_checkpoint(d)), parser_kwargs=_NO_EXIT,
-             save_config_kwargs={"overwrite": True})
+        cli = main(fit_args(run, opts, next_attempt(d), resume_checkpoint(d)), parser_kwargs=_NO_EXIT,
+                   save_config_kwargs={"overwrite": True})
+        time_steps_curve(run, cli, d)  # collective: every rank evaluates its share
         return "finished"
     with run_lock(d) as free:
         if not free:
@@ -290,6 +319,10 @@ def execute(run: RunSpec, opts: Options) -> str:
             return "done"
         (d / FAILED).unlink(missing_ok=True)
         attempt, start, ckpt = next_attempt(d), time.time(), resume_checkpoint(d)
+        problem = None if ckpt else source_problem(run, opts)  # a resumed run has its own weights
+        if problem:
+            write_json(d / FAILED, {"error": f"not started: {problem}", "type": "SourceRunError", "attempt": attempt})
+            return "failed"
         _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None})
         try:
             cli = main(fit_args(run, opts, attempt, ckpt), parser_kwargs=_NO_EXIT, save_config_kwargs={"overwrite": True})
@@ -302,8 +335,38 @@ def execute(run: RunSpec, opts: Options) -> str:
                                                "attempt": attempt, "traceback": traceback.format_exc()})
             raise
         _log(d, {"attempt": attempt, "wall_s": time.time() - start, "outcome": "finished"})
-        write_json(d / RESULT, collect_result(run, cli, wall_seconds(d), d))
+        result = collect_result(run, cli, wall_seconds(d), d)
+        result.update(time_steps_curve(run, cli, d))
+        write_json(d / RESULT, result)
         return "finished"
+
+
+def time_steps_curve(run: RunSpec, cli: Any, directory: Path) -> dict[str, Any]:
+    """The row's ``timesteps``: its final weights evaluated at each T into ``<run>/timesteps/``,
+    returned for the result (``timesteps``: one entry per T; ``timesteps_error``: why it failed, the
+    trained run still being done). The run's loggers and energy report stay out of it, so the
+    run's own metrics are not overwritten."""
+    steps = run.row.timesteps
+    if steps is None:
+        return {}
+    from dataclasses import asdict
+
+    from lightning_snn.timesteps import run_curve
+
+    trainer: pl.Trainer = cli.trainer
+    loggers, callbacks = trainer.loggers, list(trainer.callbacks)
+    trainer.loggers = []
+    trainer.callbacks[:] = [c for c in callbacks if not isinstance(c, SpikeEnergyReport)]
+    try:
+        rows = run_curve(trainer, cli.model, cli.datamodule, "final weights", steps.T, int(cli.model.hparams.T),
+                         directory / "timesteps", reference=dict(steps.reference) or None)
+    except Exception as e:  # noqa: BLE001 - the training result stands without its curve
+        print(f"warning: no time-steps curve for {run.key}: {one_line(e)}", file=sys.stderr)
+        return {"timesteps_error": f"{type(e).__name__}: {one_line(e)}"}
+    finally:
+        trainer.loggers = loggers
+        trainer.callbacks[:] = callbacks
+    return {"timesteps": [asdict(r) for r in rows]}
 
 
 def _finish_wandb(opts: Options, code: int) -> None:

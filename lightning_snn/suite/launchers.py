@@ -39,14 +39,21 @@ def outcome(run: RunSpec, opts: Options, code: int | None = None) -> tuple[str, 
 
 
 def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 1) -> int:
-    """Each run in a child process, ``parallel`` at a time; its output goes to ``<run dir>/run.log``.
+    """Each run in a child process, ``parallel`` at a time, a run that starts from another
+    (``init_from``) after that one ended; its output goes to ``<run dir>/run.log``.
     Returns 0 when every run is done, else 1."""
     pending = list(runs)
     active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
     ok = True
+
+    def ready(run: RunSpec) -> bool:  # its source run (init_from), if launched here, has ended
+        src = run.source(suite)
+        return src is None or all(r.key != src.key for r in pending + [a[0] for a in active])
+
     while pending or active:
-        while pending and len(active) < parallel:
-            run = pending.pop(0)
+        while len(active) < parallel and any(ready(r) for r in pending):
+            run = next(r for r in pending if ready(r))
+            pending.remove(run)
             d = run.directory(opts.root)
             d.mkdir(parents=True, exist_ok=True)
             log = open(d / "run.log", "a")
@@ -96,20 +103,35 @@ def slurm_script(suite: Suite, runs: list[RunSpec], opts: Options, slurm: SlurmO
 
 
 def run_slurm(suite: Suite, runs: list[RunSpec], opts: Options, slurm: SlurmOptions, dry_run: bool) -> str:
-    """Print (``dry_run``) or submit the array; returns the job id ('' for a dry run)."""
+    """Print (``dry_run``) or submit the array; returns the job id ('' for a dry run). Runs that
+    start from another row's run (``init_from``) go in one array per stage, each submitted with
+    ``--dependency=afterany:<previous stage's array>`` (afterany: a failed source is reported by its
+    dependants, which then do not start); the id returned is the last stage's."""
+    from dataclasses import replace
+
     from lightning_snn.slurm.submit import checked_partition, sbatch
 
     slurm.partition = checked_partition(slurm.partition, dry_run=dry_run)
-    script = slurm_script(suite, runs, opts, slurm)
-    if dry_run:
-        sys.stdout.write(script)
-        return ""
-    dest = Path(opts.root) / suite.name / "slurm"
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    path.write_text(script)
-    job = sbatch(path)
-    print(f"submitted job array {job}: {len(runs)} runs of suite {suite.name}, script {path}", flush=True)
+    stages: dict[int, list[RunSpec]] = {}
+    for r in runs:
+        stages.setdefault(suite.stage(r.row.name), []).append(r)
+    job, previous = "", ""
+    for n, (stage, members) in enumerate(sorted(stages.items())):
+        extra = list(slurm.extra_sbatch) + ([f"--dependency=afterany:{previous or '<previous stage job id>'}"]
+                                            if n else [])
+        script = slurm_script(suite, members, opts, replace(slurm, extra_sbatch=extra))
+        if dry_run:
+            if len(stages) > 1:
+                sys.stdout.write(f"# ---- stage {n + 1} of {len(stages)}: {', '.join(r.key for r in members)}\n")
+            sys.stdout.write(script)
+            continue
+        dest = Path(opts.root) / suite.name / "slurm"
+        dest.mkdir(parents=True, exist_ok=True)
+        path = dest / f"{time.strftime('%Y%m%d-%H%M%S')}-stage{n + 1}.sbatch"
+        path.write_text(script)
+        job = previous = sbatch(path)
+        print(f"submitted job array {job}: {len(members)} runs of suite {suite.name}"
+              + (f" (stage {n + 1}, after the previous stage)" if n else "") + f", script {path}", flush=True)
     return job
 
 

@@ -136,7 +136,9 @@ def write_report(suite: Suite, opts: Options, out: Path | None = None) -> tuple[
     runs = run_table(suite, opts)
     rows = row_table(suite, runs)
     runs.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(markdown(suite, rows, runs))
+    from lightning_snn.suite.curves import write_curves  # rows with ``timesteps``: their curves
+
+    (out / "results.md").write_text(markdown(suite, rows, runs) + write_curves(suite, opts, out))
     plot(rows, out / "results.png")
     if opts.wandb_project:
         log_wandb(suite, rows, runs, out / "results.png", opts.wandb_project, out)

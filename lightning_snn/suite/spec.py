@@ -19,6 +19,12 @@ optional command-line overrides) and the paper's reference for it::
           grade: primary                          # how far the value can be trusted (below)
           source: "Xiao et al., NeurIPS 2021 (IDE), Table 1"
           note: "..."                             # optional
+        timesteps: [1, 2, 4, 8]                   # optional: the final weights also evaluated at
+                                                  # each T (``lightning_snn.timesteps``), or
+        # timesteps: {T: [1, 2, 4], reference: {1: 58.9, 2: 62.6, 4: 64.5}, source: "..."}
+        init_from: ann_stage                      # optional: start from the final weights of this
+                                                  # row's run of the same seed (fit --init_from);
+                                                  # launchers start it after that run
 
 A reference value carries a ``grade``: ``primary`` (the authors' README, code or abstract),
 ``secondary`` (reprinted identically by two or more independent later sources), ``single-source``
@@ -71,6 +77,16 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class TimeSteps:
+    """A row's time-steps curve: the inference T to evaluate its final weights at, and the paper's
+    accuracy (percent) at some of them."""
+
+    T: tuple[int, ...]
+    reference: tuple[tuple[int, float], ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Row:
     """One line of the table: a config, its overrides, its seeds, the paper's reference."""
 
@@ -79,6 +95,8 @@ class Row:
     overrides: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: Reference
+    timesteps: TimeSteps | None = None
+    init_from: str | None = None  # the row whose final weights this row starts from
 
 
 @dataclass(frozen=True)
@@ -98,9 +116,16 @@ class Suite:
         raise SuiteError(f"suite {self.name!r} has no row {name!r} (valid: {', '.join(r.name for r in self.rows)})")
 
     def select(self, rows: list[str] | None = None, seeds: list[int] | None = None) -> list["RunSpec"]:
-        """The runs of ``rows`` (default: all) for ``seeds`` (default: each row's own)."""
+        """The runs of ``rows`` (default: all) for ``seeds`` (default: each row's own), every run
+        after the run it starts from (``init_from``)."""
         chosen = [self.row(n) for n in rows] if rows else list(self.rows)
-        return [RunSpec(self.name, r, s) for r in chosen for s in (seeds if seeds else r.seeds)]
+        runs = [RunSpec(self.name, r, s) for r in chosen for s in (seeds if seeds else r.seeds)]
+        return sorted(runs, key=lambda run: self.stage(run.row.name))
+
+    def stage(self, name: str) -> int:
+        """0 for a row that starts from scratch, else one more than the row it starts from."""
+        row = self.row(name)
+        return 0 if row.init_from is None else 1 + self.stage(row.init_from)
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,10 @@ class RunSpec:
     @property
     def key(self) -> str:
         return f"{self.row.name}/seed{self.seed}"
+
+    def source(self, suite: "Suite") -> "RunSpec | None":
+        """The run whose final weights this one starts from (``init_from``: same seed)."""
+        return None if self.row.init_from is None else RunSpec(self.suite, suite.row(self.row.init_from), self.seed)
 
     def directory(self, root: Path) -> Path:
         return Path(root) / self.suite / self.row.name / f"seed{self.seed}"
@@ -183,6 +212,30 @@ def _reference(where: str, data: Any) -> Reference:
                      grade=grade)
 
 
+def _positive_ints(where: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in value) or len(set(value)) != len(value):
+        raise SuiteError(f"{where} must be a non-empty list of distinct integers >= 1, got {value!r}")
+    return tuple(sorted(value))
+
+
+def _timesteps(where: str, data: Any) -> TimeSteps:
+    """``[1, 2, 4]`` or ``{T: [...], reference: {T: accuracy %}, source: ...}``."""
+    if isinstance(data, list):
+        return TimeSteps(_positive_ints(where, data))
+    d = _keys(where, data, {"T", "reference", "source"}, {"T"})
+    steps = _positive_ints(f"{where}.T", d["T"])
+    ref = d.get("reference") or {}
+    if not isinstance(ref, dict):
+        raise SuiteError(f"{where}.reference must map T to an accuracy in percent, got {ref!r}")
+    pairs = []
+    for t, v in ref.items():
+        if t not in steps:
+            raise SuiteError(f"{where}.reference: T {t!r} is not one of {where}.T {list(steps)}")
+        pairs.append((int(t), _number(f"{where}.reference[{t}]", v)))
+    return TimeSteps(steps, tuple(sorted(pairs)), str(d.get("source") or ""))
+
+
 def load_suite(suite: str | Path) -> Suite:
     """Read and check a suite file (a path or a name under ``configs/suites``)."""
     from lightning_snn.yamlfile import load_yaml
@@ -198,7 +251,8 @@ def load_suite(suite: str | Path) -> Suite:
     rows: list[Row] = []
     for i, item in enumerate(top["rows"]):
         where = f"{path} row {i + 1}"
-        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference"}, {"name", "config", "reference"})
+        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps", "init_from"},
+                  {"name", "config", "reference"})
         name = d["name"]
         where = f"{path} row {name!r}"
         if not isinstance(name, str) or not _NAME.match(name):
@@ -218,8 +272,39 @@ def load_suite(suite: str | Path) -> Suite:
             seeds = default_seeds
         else:
             raise SuiteError(f"{where}: no seeds (valid: a suite-level 'seeds' list or one on the row)")
-        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"])))
+        steps = _timesteps(f"{where} timesteps", d["timesteps"]) if d.get("timesteps") is not None else None
+        source = d.get("init_from")
+        if source is not None and not isinstance(source, str):
+            raise SuiteError(f"{where}: init_from must be the name of another row, got {source!r}")
+        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]),
+                        steps, source))
+    _check_sources(path, rows)
     return Suite(path.stem, path.resolve(), str(top.get("description") or ""), default_seeds or (), tuple(rows))
+
+
+def _check_sources(path: Path, rows: list[Row]) -> None:
+    """Every ``init_from`` names another row that has the row's seeds, and no row starts from itself
+    through a chain."""
+    by_name = {r.name: r for r in rows}
+    for r in rows:
+        if r.init_from is None:
+            continue
+        src = by_name.get(r.init_from)
+        if src is None or src is r:
+            raise SuiteError(f"{path} row {r.name!r}: init_from {r.init_from!r} is not another row of the suite "
+                             f"(valid: {', '.join(n for n in by_name if n != r.name)})")
+        lacking = sorted(set(r.seeds) - set(src.seeds))
+        if lacking:
+            raise SuiteError(f"{path} row {r.name!r}: starts from row {src.name!r}, which has no seed {lacking[0]} "
+                             f"(valid: seeds of {src.name!r}: {list(src.seeds)})")
+        seen, cur = {r.name}, src
+        while cur.init_from is not None:
+            if cur.init_from in seen or cur.name in seen:
+                raise SuiteError(f"{path} row {r.name!r}: init_from forms a cycle through {cur.name!r}")
+            seen.add(cur.name)
+            if cur.init_from not in by_name:
+                break  # reported for that row
+            cur = by_name[cur.init_from]
 
 
 @dataclass
