@@ -114,26 +114,19 @@ def _stop_after_parsing():
     known, full = argparse.ArgumentParser.parse_known_args, argparse.ArgumentParser.parse_args
     depth = [0]
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        depth[0] += 1
-        try:
-            result = known(self, args, namespace)
-        finally:
-            depth[0] -= 1
-        if depth[0] == 0:
-            raise _Parsed(result)
-        return result
+    def stopping(method):  # type: ignore[no-untyped-def]
+        def parse(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+            depth[0] += 1  # parse_args' own parse_known_args returns to it, which refuses left-overs
+            try:
+                result = method(self, args, namespace)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                raise _Parsed(result)
+            return result
+        return parse
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        depth[0] += 1  # its parse_known_args returns here, which then refuses left-over options
-        try:
-            result = full(self, args, namespace)
-        finally:
-            depth[0] -= 1
-        if depth[0] == 0:
-            raise _Parsed(result)
-        return result
-
+    parse_known_args, parse_args = stopping(known), stopping(full)
     argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
     try:
