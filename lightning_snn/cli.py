@@ -33,7 +33,7 @@ from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks, check_data_settings,
     hparam_mismatch, read_checkpoint, resolve_resume, stored_data_settings,
 )
-from lightning_snn.cli_check import check_config_files
+from lightning_snn.config_files import check_config_files
 from lightning_snn.commands import SNNTrainer, space_separated_list
 from lightning_snn.data import VisionDataModule
 from lightning_snn.errors import UsageError, one_line, run_cli

@@ -6,61 +6,9 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lightning_snn.errors import UsageError, one_line
-from lightning_snn.yamlfile import load_yaml
-
-_CONFIG_FLAGS = ("--config", "-c")
-
-
-def config_file_args(argv: Sequence[str]) -> list[str]:
-    """The values of ``--config X`` / ``--config=X`` / ``-c X`` in a command line, in order."""
-    out = []
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag in _CONFIG_FLAGS and eq:
-            out.append(value)
-        elif arg in _CONFIG_FLAGS and i + 1 < len(argv):
-            out.append(argv[i + 1])
-    return out
-
-
-def _check_config_file(path: Path, chain: tuple[Path, ...]) -> None:
-    """``path`` and the files its ``config:`` key includes (relative to it) read strictly."""
-    if path.resolve() in chain:  # a loop: the parser names it
-        return
-    data = load_yaml(path)
-    includes = data.get("config") if isinstance(data, dict) else None
-    for inc in [includes] if isinstance(includes, str) else includes or []:
-        target = path.parent / str(inc)
-        if not target.is_file():
-            raise UsageError(f"{path}: config: {inc!r} does not exist (valid: a YAML file, relative to "
-                             f"{path.parent})")
-        _check_config_file(target, (*chain, path.resolve()))
-
-
-def check_config_files(argv: Sequence[str]) -> None:
-    """Every ``--config`` file of ``argv`` (and its ``config:`` includes) exists and is strict YAML:
-    UTF-8, no tabs, not empty, no key given twice (:mod:`lightning_snn.yamlfile`). A ``--config``
-    value that is YAML itself (``--config '{model: {T: 2}}'``) is left to the parser."""
-    for value in config_file_args(argv):
-        path = Path(value)
-        if path.is_file():
-            _check_config_file(path, ())
-            continue
-        try:
-            inline = yaml.safe_load(value)
-        except yaml.YAMLError:
-            inline = None
-        if not isinstance(inline, dict):
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise UsageError(f"--config {value!r} {what} (valid: a YAML config file, e.g. "
-                             "configs/fmnist_mlp_bptt.yaml)")
 
 
 def check_args(args: list[str], build: bool = False) -> Any:

@@ -3,7 +3,7 @@
 ``python -m lightning_snn export --config C --ckpt_path X --out model.nir`` writes the trained
 network as a NIR graph; ``python -m lightning_snn report --config C --ckpt_path X`` runs it on a
 data split and reports spikes, synaptic operations and energy per layer
-(:class:`lightning_snn.report.SpikeEnergyReport`); ``python -m lightning_snn timesteps --config C
+(:class:`lightning_snn.energy.SpikeEnergyReport`); ``python -m lightning_snn timesteps --config C
 --ckpt_path X --T 1 2 4 8`` evaluates the checkpoint at each T (:mod:`lightning_snn.timesteps`).
 They are methods of the trainer so that
 ``LightningCLI`` builds the model, data and trainer from the same config as ``fit``.
@@ -96,7 +96,7 @@ class SNNTrainer(pl.Trainer):
                 ``verify_images`` test images next to ours: spikes and predictions equal, accuracy.
             verify_images: number of test images ``--verify`` runs.
         """
-        from lightning_snn.nir_export import check_strategy, to_nir, write_nir
+        from lightning_snn.nir.export import check_strategy, to_nir, write_nir
 
         if not ckpt_path:
             raise ValueError("export needs --ckpt_path (the trained checkpoint)")
@@ -128,7 +128,7 @@ class SNNTrainer(pl.Trainer):
             split: ``test`` or ``val``.
             out_dir: where ``spike_report.csv`` / ``.png`` go (default: the logger's directory).
         """
-        from lightning_snn.report import SpikeEnergyReport
+        from lightning_snn.energy import SpikeEnergyReport
 
         if not ckpt_path:
             raise ValueError("report needs --ckpt_path (the trained checkpoint)")

@@ -22,14 +22,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Protocol, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from lightning_snn.strategies.base import GradientStrategy
+
+class LossUser(Protocol):
+    """What the loss needs of a gradient strategy (:class:`~lightning_snn.strategies.base.GradientStrategy`
+    has both): its name, for errors, and the loss form it trains on (``True``: per-step, ``False``:
+    time-mean, ``None``: either). A protocol, so this module does not import the strategies, which
+    import it for their default loss."""
+
+    name: str
+    per_step_loss: bool | None
 
 
 # a number or "one_hot" (str, not a Literal: a bad word reaches the check below, which names it)
@@ -71,7 +78,7 @@ class SpikingLoss:
         self.mse_target = mse_target if mse_target == "one_hot" else float(mse_target)
 
     @classmethod
-    def for_strategy(cls, strategy: "GradientStrategy", config: LossConfig | None = None) -> "SpikingLoss":
+    def for_strategy(cls, strategy: LossUser, config: LossConfig | None = None) -> "SpikingLoss":
         """The loss ``config`` asks for, with ``per_step`` defaulting to what ``strategy`` trains
         on; a clear error when the strategy cannot honour it."""
         config = config or LossConfig()

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_snn.loss import LossConfig, SpikingLoss
 from lightning_snn.models import MODELS, SpikingNet, model_class
 from lightning_snn.neurons import NeuronConfig
+from lightning_snn.nir import importer as _nir_importer  # noqa: F401  (registers the model "nir")
 from lightning_snn.strategies import STRATEGIES, GradientStrategy
 
 

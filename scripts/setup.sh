@@ -18,6 +18,8 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -r requirements.txt
+# the documentation site's tools (tests/test_docs.py builds it with `mkdocs build --strict`)
+.venv/bin/python -m pip install -q -r docs/requirements.txt
 # the benchmark's SpikingJelly side, so the tests check the twin network (not a runtime dependency)
 .venv/bin/python -m pip install -q --no-deps -r bench/requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .

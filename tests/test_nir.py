@@ -17,10 +17,10 @@ from lightning_snn.layers import TimeDistributed
 from lightning_snn.models import MODELS
 from lightning_snn.models.feedforward import _Sequential
 from lightning_snn.neurons import NeuronConfig, weighted_rate
-from lightning_snn.nir_export import NIRExportError, check_strategy, to_nir, write_nir
+from lightning_snn.nir.export import NIRExportError, check_strategy, to_nir, write_nir
 from lightning_snn.nir import readers
 from lightning_snn.nir.verify import agreement, class_scores, record_spikes
-from lightning_snn.nir_import import NIRImportError, NIRNet
+from lightning_snn.nir.importer import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
 from procs import mlp_checkpoint
@@ -307,7 +307,7 @@ def _two_layer_feedback() -> tuple[nn.Module, tuple[int, ...]]:
 def test_feedback_graph_imports_as_feedback_model(name: str, tmp_path: Path) -> None:
     """An exported feedback model reads back as a feedback model (IDE, BPTT) with the same
     outputs; ``feedback: false`` gives the step-by-step recurrent form (BPTT, OTTT)."""
-    from lightning_snn.nir_import import nir_model
+    from lightning_snn.nir.importer import nir_model
 
     net, shape = _two_layer_feedback() if name == "two_layer" else _build(name, 0.8)
     path = write_nir(to_nir(net, shape), tmp_path / "m.nir")

@@ -63,7 +63,7 @@ def test_every_registered_model_has_a_tiny_version():
 @functools.cache
 def tiny_nir_file(neuron_kind: str) -> str:
     """The tiny ``mlp`` with ``neuron_kind`` neurons, exported to a NIR file."""
-    from lightning_snn.nir_export import to_nir, write_nir
+    from lightning_snn.nir.export import to_nir, write_nir
 
     net, _, _ = build("mlp", neuron_kind)
     path = Path(tempfile.mkdtemp(prefix="tiny-nir-")) / f"mlp_{neuron_kind}.nir"

@@ -17,7 +17,7 @@ from wandb_offline import history
 from lightning_snn.checkpoints import CheckpointError
 from lightning_snn.cli import main
 from lightning_snn.module import SNNModule
-from lightning_snn.report import E_AC_PJ, E_MAC_PJ, SpikeEnergyReport
+from lightning_snn.energy import E_AC_PJ, E_MAC_PJ, SpikeEnergyReport
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) 
 
 def test_report_title_names_the_run_and_its_energy(tmp_path: Path) -> None:
     """The chart's title: model, T, data set and the energy per sample, SNN vs ANN."""
-    from lightning_snn.report import title
+    from lightning_snn.energy import title
 
     totals = {"T": 4.0, "snn_energy_pj": 1852e3, "ann_energy_pj": 1870e3, "energy_ratio_snn_over_ann": 0.99}
     assert title(totals, "mlp", "fashion_mnist") == \

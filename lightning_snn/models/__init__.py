@@ -1,7 +1,8 @@
-"""Spiking network architectures, registered by name in ``MODELS``."""
+"""Spiking network architectures, registered by name in ``MODELS`` (the model ``nir``, a network
+read from a NIR file, is registered by :mod:`lightning_snn.nir.importer`, which the training module
+imports)."""
 
 from lightning_snn.models.base import MODELS, SpikingNet, model_class
 from lightning_snn.models import deep, feedback, feedforward, proxy, recurrent  # noqa: F401  (registers the models)
 
 __all__ = ["MODELS", "SpikingNet", "model_class"]
-from lightning_snn import nir_import  # noqa: E402,F401  (registers "nir": a model read from a NIR file)

@@ -2,7 +2,7 @@
 computes this project's network.
 
 Each ``read_<library>(graph)`` takes a graph (or a ``.nir`` path) written by
-:mod:`lightning_snn.nir_export` and returns the library's own module, run one time step at a time
+:mod:`lightning_snn.nir.export` and returns the library's own module, run one time step at a time
 on a batch: ``y, state = model(x_t, state)`` with ``x_t`` of shape ``[B, *input_shape]`` (the
 normalised input, see the file's ``input_mean`` / ``input_std`` metadata) and ``state = None`` at
 the first step. :func:`run` runs it over ``[T, B, ...]`` and records every spiking layer.

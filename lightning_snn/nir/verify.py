@@ -104,7 +104,7 @@ def verify(graph: nir.NIRGraph, images: Tensor, labels: Tensor, T: int,
 
     A feedback model is compared through its step-by-step form read from the file (the same
     computation as the trained model, see ``tests/test_nir.py``)."""
-    from lightning_snn.nir_import import NIRNet
+    from lightning_snn.nir.importer import NIRNet
 
     unknown = [lib for lib in libraries if lib not in READERS]
     if unknown:

@@ -28,7 +28,7 @@ import torch
 
 from lightning_snn.atomic import write_json
 from lightning_snn.errors import one_line
-from lightning_snn.report import SpikeEnergyReport
+from lightning_snn.energy import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
 
 RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"

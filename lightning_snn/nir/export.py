@@ -31,16 +31,19 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nir
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_snn.layers import Scale, TraceSynapse
+from lightning_snn.layers import Scale, TimeDistributed, TraceSynapse
 from lightning_snn.models.base import SpikingNet
 from lightning_snn.neurons import LIF
+
+if TYPE_CHECKING:
+    from lightning_snn.nir.importer import NIRNet
 
 DEFAULT_DT = 1e-4  # s; snnTorch's NIR import hard-codes this step for LIF time constants
 
@@ -334,11 +337,36 @@ def _register_builtin() -> None:
         head = [("flatten", nn.Flatten())] if len(shape) > 1 else []
         return chain(b, head + [("classifier", net.classifier)], s, dt)
 
-    from lightning_snn import nir_import
+    from lightning_snn.nir.importer import NIRNet
 
-    @register_exporter(nir_import.NIRNet)
-    def _nirnet(net: SpikingNet, b: GraphBuilder, src: str, dt: float) -> str:
-        return nir_import.export_nodes(net, b, src, dt)
+    register_exporter(NIRNet)(export_nodes)
+
+
+def export_nodes(net: NIRNet, b: GraphBuilder, src: str, dt: float) -> str:
+    """Exporter of an imported graph: its nodes and edges again, under the same names."""
+    from lightning_snn.nir.importer import ScaleArray
+
+    names = {net.input_name: src}
+    for n in net.order:
+        m = net.nodes[n]
+        leaf = m[0] if isinstance(m, TimeDistributed) else m
+        shape = net.node_shapes[n]
+        if isinstance(leaf, LIF):
+            node = neuron_node(leaf, shape, net.dt)
+        elif isinstance(leaf, ScaleArray):
+            node = nir.Scale(scale=_np(leaf.scale.expand(shape) if leaf.scale.dim() else leaf.scale))
+        else:
+            tmp = GraphBuilder()
+            t_src = tmp.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
+            node = tmp.nodes[chain(tmp, [(n, leaf)], t_src, net.dt)]
+        names[n] = b.add(n, node, [], shape if isinstance(leaf, LIF) else _out_shape(leaf, shape))
+    for s, d in net.edges:
+        if d != net.output_name and s in names:
+            b.edges.append((names[s], names[d]))
+    outs = net.sources[net.output_name]
+    if len(outs) != 1:
+        return sum_node(b, "output_sum", [names[s] for s in outs])
+    return names[outs[0]]
 
 
 def exporter_for(net: nn.Module) -> Exporter:

@@ -19,7 +19,7 @@ Counting rules (per sample, over the T steps of the strategy's run):
   4.6 pJ per MAC.
 
 The network's structure (which layer feeds which synapses) is read from its NIR graph
-(:mod:`lightning_snn.nir_export`), so the report covers every model that can be exported.
+(:mod:`lightning_snn.nir.export`), so the report covers every model that can be exported.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _dense_macs(leaf: nn.Module, in_shape: tuple[int, ...]) -> int:
 def _fan_out_map(net: Any, start: str) -> Tensor:
     """Synapses driven by each element of node ``start``'s output, counted through the
     non-synaptic nodes downstream (pools, flatten, scales, sums) into the next synaptic nodes."""
-    from lightning_snn.nir_import import ScaleArray
+    from lightning_snn.nir.importer import ScaleArray
 
     shape = net.node_shapes[start]
     x = torch.ones(1, 1, *shape, requires_grad=True)
@@ -129,8 +129,8 @@ class NetworkCounts:
             self._build(net, input_shape)
 
     def _build(self, net: nn.Module, input_shape: tuple[int, ...]) -> None:
-        from lightning_snn.nir_export import to_nir
-        from lightning_snn.nir_import import NIRNet
+        from lightning_snn.nir.export import to_nir
+        from lightning_snn.nir.importer import NIRNet
 
         graph = to_nir(net, input_shape)
         self.graph = graph

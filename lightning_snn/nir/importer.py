@@ -2,7 +2,7 @@
 
 Nodes become this project's layers (``Affine`` -> ``TraceLinear``, ``Conv2d`` -> ``TraceConv2d``,
 ``AvgPool2d``, ``Flatten``, ``Scale``, ``IF`` / ``LIF`` -> :class:`~lightning_snn.neurons.LIF`,
-reset by subtraction) read with the discrete-time convention of :mod:`lightning_snn.nir_export`
+reset by subtraction) read with the discrete-time convention of :mod:`lightning_snn.nir.export`
 (``lambda = 1 - dt / tau``; ``dt`` from the file's metadata, else ``dt`` given here; the exact
 leak from a node's ``leak`` metadata when it agrees with ``tau``, as this project writes). A node's
 input is the sum of its incoming edges. An acyclic graph is a ``feedforward`` model run on the
@@ -330,30 +330,3 @@ def nir_model(input_shape: Sequence[int], num_classes: int, path: str, neuron: N
     if net.output_shape != (num_classes,):
         raise NIRImportError(f"{path}: graph output shape {net.output_shape} does not match {num_classes} classes")
     return as_feedback_snn(net, neuron, norm_range) if feedback and net.back else net
-
-
-def export_nodes(net: NIRNet, b: Any, src: str, dt: float) -> str:
-    """Exporter of an imported graph: its nodes and edges again, under the same names."""
-    from lightning_snn import nir_export as ex
-
-    names = {net.input_name: src}
-    for n in net.order:
-        m = net.nodes[n]
-        leaf = m[0] if isinstance(m, TimeDistributed) else m
-        shape = net.node_shapes[n]
-        if isinstance(leaf, LIF):
-            node = ex.neuron_node(leaf, shape, net.dt)
-        elif isinstance(leaf, ScaleArray):
-            node = nir.Scale(scale=ex._np(leaf.scale.expand(shape) if leaf.scale.dim() else leaf.scale))
-        else:
-            tmp = ex.GraphBuilder()
-            t_src = tmp.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
-            node = tmp.nodes[ex.chain(tmp, [(n, leaf)], t_src, net.dt)]
-        names[n] = b.add(n, node, [], shape if isinstance(leaf, LIF) else ex._out_shape(leaf, shape))
-    for s, d in net.edges:
-        if d != net.output_name and s in names:
-            b.edges.append((names[s], names[d]))
-    outs = net.sources[net.output_name]
-    if len(outs) != 1:
-        return ex.sum_node(b, "output_sum", [names[s] for s in outs])
-    return names[outs[0]]
