@@ -5,7 +5,7 @@ ImageNet sweep of a T = 6 model tested at T = 1 ... 12).
 The checkpoint's weights are evaluated unchanged at each ``T``; only the strategy's number of
 steps differs (the length of the forward simulation for IDE / SPIDE, the number of event frames
 for event data). Spikes, SOPs and energy are counted by the spike / energy report
-(:class:`lightning_snn.report.SpikeEnergyReport`), so the curve and the report agree by
+(:class:`lightning_snn.energy.SpikeEnergyReport`), so the curve and the report agree by
 construction. Written: ``timesteps.csv`` (one row per T) and ``timesteps.png`` (four panels:
 accuracy, spikes, SOPs and energy per sample against T, the training T marked).
 """
@@ -83,7 +83,7 @@ def sweep(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Optional[
     """Evaluate ``module`` at every T of ``time_steps`` on ``split``; each T's spike report (table,
     CSV, PNG) goes to ``out_dir/T<k>/``. ``count=False``: accuracy only (a network the report
     cannot count: spikes, SOPs and energy are NaN)."""
-    from lightning_snn.report import SpikeEnergyReport
+    from lightning_snn.energy import SpikeEnergyReport
 
     rows = []
     for T in time_steps:
@@ -110,7 +110,7 @@ def sweep(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Optional[
 
 def countable(module: pl.LightningModule) -> str | None:
     """Why the report cannot count this network's operations (``None``: it can)."""
-    from lightning_snn.report import NetworkCounts
+    from lightning_snn.energy import NetworkCounts
 
     try:
         NetworkCounts(module.net, tuple(module.hparams.input_shape))

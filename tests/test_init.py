@@ -168,7 +168,7 @@ def test_the_official_zeros_and_random_layers_where_the_papers_put_them():
 
 
 def test_nir_model_keeps_the_files_weights(tmp_path):
-    from lightning_snn.nir_export import to_nir, write_nir
+    from lightning_snn.nir.export import to_nir, write_nir
 
     torch.manual_seed(0)
     src = MODELS.get("mlp")((1, 4, 4), 3, hidden=(5,), batch_norm=False).eval()

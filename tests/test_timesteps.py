@@ -22,7 +22,7 @@ from lightning_snn.errors import UsageError
 from lightning_snn.module import SNNModule
 from lightning_snn.loss import LossConfig
 from lightning_snn.neurons import LIF, NeuronConfig
-from lightning_snn.report import E_AC_PJ, E_MAC_PJ
+from lightning_snn.energy import E_AC_PJ, E_MAC_PJ
 from lightning_snn.timesteps import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
