@@ -19,6 +19,35 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# ------------------------------------------------------------------ parallel test runs (pytest-xdist)
+MAX_WORKERS = 8  # each worker imports torch, Lightning and Ray (~1.5 GB)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use (its affinity mask,
+    not the host's core count), at most ``MAX_WORKERS``; with one CPU the tests run in this process
+    (0). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cpus = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    return cpus if cpus > 1 else 0
+
+
+def _worker_threads() -> None:
+    """In a worker: torch threads (and those of the processes a test starts: DDP ranks, jobs, trials)
+    = the CPUs shared by the workers, so that N workers do not run N x CPUs busy threads. An
+    ``OMP_NUM_THREADS`` set by the caller is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_worker_threads()
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA / "FashionMNIST" / "raw").is_dir():
@@ -153,6 +182,16 @@ def slurm_cluster():
     yield SLURM_PARTITION
     if not was_up:
         subprocess.run(["bash", str(SLURM_CLUSTER / "stop.sh")], timeout=300)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test on the local SLURM cluster runs on one xdist worker (group ``slurm``): there is one
+    controller per machine, started and stopped by that worker's session fixture, and jobs of two
+    tests at once would queue behind each other on its one node."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture
