@@ -153,6 +153,29 @@ def all_data_root(data_root: Path, event_data_root: Path, tmp_path_factory) -> P
     return root
 
 
+@pytest.fixture(scope="session")
+def shared_mlp_checkpoint(tmp_path_factory):
+    """``hidden -> path`` of ``procs.mlp_checkpoint(path, hidden)``, made once per test run and shared
+    by all xdist workers (a file lock around the first writer): tests read it, never change it."""
+    from filelock import FileLock
+
+    from procs import mlp_checkpoint
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_checkpoints"
+    root.mkdir(exist_ok=True)
+
+    def get(hidden: int) -> Path:
+        path = root / f"mlp{hidden}.ckpt"
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                tmp = mlp_checkpoint(root / f".mlp{hidden}.{os.getpid()}.ckpt", hidden)
+                os.replace(tmp, path)
+        return path
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def _plain_argv(monkeypatch):
     """The CLI is called with explicit args in tests; keep pytest's own argv out of its view."""
@@ -184,14 +207,26 @@ def slurm_cluster():
         subprocess.run(["bash", str(SLURM_CLUSTER / "stop.sh")], timeout=300)
 
 
+# fixture -> xdist group of the tests that use it: a module-scoped fixture that trains or writes
+# files is built once per worker that runs one of its tests, so its tests share one worker
+SHARED_FIXTURE_GROUPS = {
+    "slurm_cluster": "slurm",  # one controller per machine, started and stopped by that worker's
+    # session fixture; jobs of two tests at once would queue behind each other on its one node
+    "trained": "trained",  # test_failures: one tiny fit whose checkpoints a dozen tests read
+    "fmnist_beton": "fmnist_beton",  # test_ffcv: the F-MNIST test split as a .beton
+    "betons": "betons",  # test_ffcv: F-MNIST train / test, MNIST and CIFAR-10 .beton files
+}
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items) -> None:
-    """Every test on the local SLURM cluster runs on one xdist worker (group ``slurm``): there is one
-    controller per machine, started and stopped by that worker's session fixture, and jobs of two
-    tests at once would queue behind each other on its one node."""
+    """Tests that use a fixture of ``SHARED_FIXTURE_GROUPS`` run on one xdist worker (``--dist
+    loadgroup``), one after another."""
     for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        for name in getattr(item, "fixturenames", ()):
+            if name in SHARED_FIXTURE_GROUPS:
+                item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS[name]))
+                break
 
 
 @pytest.fixture
