@@ -218,15 +218,70 @@ SHARED_FIXTURE_GROUPS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+# Where the workers tell the controller each test's group. xdist's own loadgroup renames the test
+# ("id@group"), which pytest >= 9.2 ignores (a node's id is no longer a settable attribute): the
+# groups are sent beside the tests instead and FixtureGroupScheduling reads them.
+GROUPS_DIR = "LIGHTNING_SNN_XDIST_GROUPS"
+
+
+def pytest_configure(config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, before it starts the workers
+        import tempfile
+
+        os.environ[GROUPS_DIR] = tempfile.mkdtemp(prefix="lightning-snn-xdist-groups-")
+
+
+def _group_of(item) -> str | None:
+    """The ``xdist_group`` mark's name, else the group of a fixture of ``SHARED_FIXTURE_GROUPS``."""
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if names:
+        return "_".join(names)
+    return next((SHARED_FIXTURE_GROUPS[f] for f in getattr(item, "fixturenames", ())
+                 if f in SHARED_FIXTURE_GROUPS), None)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests that use a fixture of ``SHARED_FIXTURE_GROUPS`` run on one xdist worker (``--dist
-    loadgroup``), one after another."""
-    for item in items:
-        for name in getattr(item, "fixturenames", ()):
-            if name in SHARED_FIXTURE_GROUPS:
-                item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS[name]))
-                break
+    """In a worker: write ``{test id: group}`` for the controller's scheduler."""
+    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(GROUPS_DIR)
+    if not worker or not folder or not os.path.isdir(folder):
+        return
+    import json
+
+    groups = {item.nodeid: g for item in items if (g := _group_of(item))}
+    tmp = os.path.join(folder, f".{worker}.json")
+    with open(tmp, "w") as f:
+        json.dump(groups, f)
+    os.replace(tmp, os.path.join(folder, f"{worker}.json"))  # whole, before collection ends
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: tests of one group (``xdist_group`` mark or ``SHARED_FIXTURE_GROUPS``)
+    go to one worker, one after another; the others are spread as they finish, biggest groups first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    folder = os.environ[GROUPS_DIR]
+
+    class FixtureGroupScheduling(LoadScopeScheduling):
+        _groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._groups is None:  # every worker has collected (and written its file) by now
+                files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and not f.startswith("."))
+                self._groups = json.loads(open(os.path.join(folder, files[0])).read()) if files else {}
+            return "group:" + self._groups[nodeid] if nodeid in self._groups else nodeid
+
+    return FixtureGroupScheduling(config, log)
+
+
+def pytest_unconfigure(config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS_DIR):
+        shutil.rmtree(os.environ.pop(GROUPS_DIR), ignore_errors=True)
 
 
 @pytest.fixture
