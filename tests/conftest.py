@@ -19,6 +19,35 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# ------------------------------------------------------------------ parallel test runs (pytest-xdist)
+MAX_WORKERS = 8  # each worker imports torch, Lightning and Ray (~1.5 GB)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use (its affinity mask,
+    not the host's core count), at most ``MAX_WORKERS``; with one CPU the tests run in this process
+    (0). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cpus = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    return cpus if cpus > 1 else 0
+
+
+def _worker_threads() -> None:
+    """In a worker: torch threads (and those of the processes a test starts: DDP ranks, jobs, trials)
+    = the CPUs shared by the workers, so that N workers do not run N x CPUs busy threads. An
+    ``OMP_NUM_THREADS`` set by the caller is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_worker_threads()
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA / "FashionMNIST" / "raw").is_dir():
@@ -124,6 +153,29 @@ def all_data_root(data_root: Path, event_data_root: Path, tmp_path_factory) -> P
     return root
 
 
+@pytest.fixture(scope="session")
+def shared_mlp_checkpoint(tmp_path_factory):
+    """``hidden -> path`` of ``procs.mlp_checkpoint(path, hidden)``, made once per test run and shared
+    by all xdist workers (a file lock around the first writer): tests read it, never change it."""
+    from filelock import FileLock
+
+    from procs import mlp_checkpoint
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_checkpoints"
+    root.mkdir(exist_ok=True)
+
+    def get(hidden: int) -> Path:
+        path = root / f"mlp{hidden}.ckpt"
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                tmp = mlp_checkpoint(root / f".mlp{hidden}.{os.getpid()}.ckpt", hidden)
+                os.replace(tmp, path)
+        return path
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def _plain_argv(monkeypatch):
     """The CLI is called with explicit args in tests; keep pytest's own argv out of its view."""
@@ -153,6 +205,83 @@ def slurm_cluster():
     yield SLURM_PARTITION
     if not was_up:
         subprocess.run(["bash", str(SLURM_CLUSTER / "stop.sh")], timeout=300)
+
+
+# fixture -> xdist group of the tests that use it: a module-scoped fixture that trains or writes
+# files is built once per worker that runs one of its tests, so its tests share one worker
+SHARED_FIXTURE_GROUPS = {
+    "slurm_cluster": "slurm",  # one controller per machine, started and stopped by that worker's
+    # session fixture; jobs of two tests at once would queue behind each other on its one node
+    "trained": "trained",  # test_failures: one tiny fit whose checkpoints a dozen tests read
+    "fmnist_beton": "fmnist_beton",  # test_ffcv: the F-MNIST test split as a .beton
+    "betons": "betons",  # test_ffcv: F-MNIST train / test, MNIST and CIFAR-10 .beton files
+}
+
+
+# Where the workers tell the controller each test's group. xdist's own loadgroup renames the test
+# ("id@group"), which pytest >= 9.2 ignores (a node's id is no longer a settable attribute): the
+# groups are sent beside the tests instead and FixtureGroupScheduling reads them.
+GROUPS_DIR = "LIGHTNING_SNN_XDIST_GROUPS"
+
+
+def pytest_configure(config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, before it starts the workers
+        import tempfile
+
+        os.environ[GROUPS_DIR] = tempfile.mkdtemp(prefix="lightning-snn-xdist-groups-")
+
+
+def _group_of(item) -> str | None:
+    """The ``xdist_group`` mark's name, else the group of a fixture of ``SHARED_FIXTURE_GROUPS``."""
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if names:
+        return "_".join(names)
+    return next((SHARED_FIXTURE_GROUPS[f] for f in getattr(item, "fixturenames", ())
+                 if f in SHARED_FIXTURE_GROUPS), None)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """In a worker: write ``{test id: group}`` for the controller's scheduler."""
+    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(GROUPS_DIR)
+    if not worker or not folder or not os.path.isdir(folder):
+        return
+    import json
+
+    groups = {item.nodeid: g for item in items if (g := _group_of(item))}
+    tmp = os.path.join(folder, f".{worker}.json")
+    with open(tmp, "w") as f:
+        json.dump(groups, f)
+    os.replace(tmp, os.path.join(folder, f"{worker}.json"))  # whole, before collection ends
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: tests of one group (``xdist_group`` mark or ``SHARED_FIXTURE_GROUPS``)
+    go to one worker, one after another; the others are spread as they finish, biggest groups first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    folder = os.environ[GROUPS_DIR]
+
+    class FixtureGroupScheduling(LoadScopeScheduling):
+        _groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._groups is None:  # every worker has collected (and written its file) by now
+                files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and not f.startswith("."))
+                self._groups = json.loads(open(os.path.join(folder, files[0])).read()) if files else {}
+            return "group:" + self._groups[nodeid] if nodeid in self._groups else nodeid
+
+    return FixtureGroupScheduling(config, log)
+
+
+def pytest_unconfigure(config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS_DIR):
+        shutil.rmtree(os.environ.pop(GROUPS_DIR), ignore_errors=True)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def _start_fit(args: list[str], log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # multi-process runs one at a time (2 CPUs)
 def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path, data_root):
     """2 gloo ranks x batch 8 == 1 process x batch 16: same samples per step, averaged gradients.
 
@@ -49,6 +50,7 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path, da
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # multi-process runs one at a time (2 CPUs)
 def test_sigkill_mid_epoch_then_resume_from_last_gives_identical_weights(tmp_path, data_root):
     """SIGKILL right after the first step checkpoint, ``fit --ckpt_path last``: bit-identical weights.
 

@@ -144,6 +144,7 @@ def test_dsr_trains_a_conv_net(spike_value):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # multi-process runs one at a time (2 CPUs)
 def test_dsr_backward_never_communicates_under_a_real_process_group(tmp_path):
     """Two gloo processes, different data, no DDP: each rank's gradients must be those of its own
     data alone (a collective inside the backward would mix them, or hang on the timeout)."""

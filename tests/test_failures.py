@@ -427,6 +427,7 @@ def test_traceback_only_when_debugging(data_root, tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # multi-process runs one at a time (2 CPUs)
 def test_sigterm_to_rank_0_of_ddp_stops_every_rank_at_the_same_step(data_root, tmp_path):
     """2 gloo ranks, SIGTERM to rank 0 only: the ranks agree at the step boundary, save one
     last.ckpt together and exit 143; ``--ckpt_path last`` finishes the run."""

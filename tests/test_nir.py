@@ -23,7 +23,6 @@ from lightning_snn.nir.verify import agreement, class_scores, record_spikes
 from lightning_snn.nir.importer import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
-from procs import mlp_checkpoint
 
 # tiny versions of every model: (input shape, constructor arguments)
 TINY = {
@@ -386,14 +385,15 @@ def test_verify_skips_a_missing_library_with_a_note(monkeypatch) -> None:
         verify(to_nir(net, shape), torch.rand(2, *shape), torch.zeros(2), 3, ["lava"])
 
 
-def test_export_verify_prints_the_agreement_table(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_export_verify_prints_the_agreement_table(data_root: Path, tmp_path: Path, capsys,
+                                                 shared_mlp_checkpoint) -> None:
     """``export --verify snntorch norse spikingjelly`` on the README's first config (hidden layer
     made small): the file carries the data set's normalisation; snnTorch and SpikingJelly agree
     exactly, Norse's IF (reset to 0) only in part."""
     from lightning_snn.cli import main
     from lightning_snn.data.vision import DATASETS
 
-    ckpt = mlp_checkpoint(tmp_path / "m.ckpt", 32)
+    ckpt = shared_mlp_checkpoint(32)
     out = tmp_path / "model.nir"
     config = str(Path(__file__).parents[1] / "configs" / "fmnist_mlp_bptt.yaml")
     main(["export", "--config", config, "--ckpt_path", str(ckpt), "--out", str(out), f"--data.root={data_root}",

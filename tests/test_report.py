@@ -11,7 +11,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from procs import mlp_checkpoint
 from wandb_offline import history
 
 from lightning_snn.checkpoints import CheckpointError
@@ -92,9 +91,9 @@ def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
 
 
 @pytest.fixture()
-def fmnist_ckpt(tmp_path: Path) -> Path:
+def fmnist_ckpt(shared_mlp_checkpoint) -> Path:
     """A checkpoint of the README's first config's model (784-512-10 IF MLP), two AdamW steps."""
-    return mlp_checkpoint(tmp_path / "fmnist.ckpt", 512)
+    return shared_mlp_checkpoint(512)
 
 
 @pytest.mark.slow

@@ -307,6 +307,7 @@ def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (2 CPUs each)
 def test_ray_launcher_runs_each_run_as_a_task_on_a_local_ray(tmp_path, data_root):
     root = tmp_path / "runs"
     res = run_suite("run", "smoke", "--rows", "mnist_mlp_ottt", "--root", str(root), "--launcher", "ray",

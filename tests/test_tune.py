@@ -164,6 +164,7 @@ def test_firing_rate_monitor_reads_without_changing_outputs():
 
 # ----------------------------------------------------------------------------- real sweeps
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (2 CPUs each)
 def test_sweep_four_trials_best_config_and_wandb_runs(tmp_path, data_root):
     """4 trials (Optuna search, ASHA) finish; the best is reported with its config; every trial
     wrote an offline W&B run, grouped by the sweep name, whose history holds its metrics."""
@@ -205,6 +206,7 @@ def test_sweep_four_trials_best_config_and_wandb_runs(tmp_path, data_root):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (2 CPUs each)
 def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
     """One trial of four asks for a validation split larger than the training set (found only when
     its data are set up): it is reported failed and the others finish. The driver is SIGKILLed once
@@ -253,6 +255,7 @@ def test_failed_trial_and_killed_driver_resume(tmp_path, data_root):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (2 CPUs each)
 def test_sweep_where_no_trial_reports_says_so_and_exits_1(tmp_path, data_root):
     """The only trial fails before its first validation: the report says that no trial reported
     the metric (no best.json) instead of failing on the missing column, and the driver exits 1."""
