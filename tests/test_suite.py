@@ -132,6 +132,11 @@ def test_shipped_suites_load_and_every_row_has_a_reference():
     (90.0, 0.1, 2, Reference(value=90.0), True, "shortened"),
     (90.0, 0.1, 2, Reference(value=None), False, "unknown"),
     (0.5, 0.01, 3, Reference(metric="test/loss", value=0.6), False, "above"),  # lower loss is better
+    # exact boundaries (every number a binary fraction): |paper - mean| == 2 std, |mean - paper| == paper std
+    (90.0, 0.5, 3, Reference(value=91.0), False, "reproduced"),
+    (90.0, 0.5, 3, Reference(value=89.0), False, "reproduced"),
+    (90.0, 0.0, 1, Reference(value=90.5, std=0.5), False, "reproduced"),
+    (90.0, 0.0, 1, Reference(value=90.5, std=0.25), False, "below"),
 ])
 def test_verdicts(mean, std, n, ref, shortened, expected):
     assert verdict(mean, std, n, ref, shortened) == expected
@@ -163,6 +168,65 @@ def test_report_on_hand_made_result_files(tmp_path):
     assert "| good " in md and "90.10 ± 0.28" in md and "not run" in md and "unknown" not in md
     assert (root / "hand" / "results.png").stat().st_size > 1000
 
+
+def _hand_results(root: Path, made: dict) -> None:
+    for (name, seed), value in made.items():
+        d = root / "hand" / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "suite": "hand", "row": name, "seed": seed, "metric": "test/acc", "protocol": "final",
+            "value": value, "final": value, "best": value, "epochs": 3, "shortened": False,
+            "wall_s": 3600.0, "device": "cpu", "devices": 1, "device_hours": 1.0}))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f, r: f.write_text(json.dumps({**r, "row": "good"})), "its row field 'good' contradicts its folder"),
+    (lambda f, r: f.write_text(json.dumps({**r, "seed": 1})), "its seed field 1 contradicts its folder"),
+    (lambda f, r: f.write_text(json.dumps(r)[:40]), "not a readable result file"),
+    (lambda f, r: f.write_text("[1, 2]"), "not a result (a JSON list"),
+    (lambda f, r: f.write_text(json.dumps({**r, "value": "fast"})), "value 'fast' is not a number"),
+])
+def test_a_result_file_that_contradicts_its_folder_or_is_broken_is_named(tmp_path, capsys, edit, message):
+    """The folder a result sits in is its identity: a result copied / edited into another row's or
+    seed's folder, truncated or hand-edited, is one line naming the file in ``report`` (exit 2,
+    nothing written) and that run's state in ``status`` (the other runs still listed)."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0), row("low", value=95.0)])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0, ("good", 1): 91.0, ("low", 0): 91.0, ("low", 1): 92.0})
+    bad = root / "hand" / "low" / "seed0" / "result.json"
+    edit(bad, json.loads(bad.read_text()))
+    assert suite_main(["report", str(path), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and len(err.strip().splitlines()) == 1, err
+    assert not (root / "hand" / "results.csv").exists()
+    assert suite_main(["status", str(path), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "low/seed0" in x)
+    assert "invalid" in line and message in line, out
+    assert sum("| done" in x for x in out.splitlines()) == 3, out
+
+
+def test_report_reads_identity_from_the_folder_and_never_counts_a_run_twice(tmp_path):
+    """``row`` / ``seed`` of the table come from the run's folder, so every (row, seed) is one run."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0), row("low", value=95.0)])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0, ("good", 1): 91.0, ("low", 1): 92.0})
+    f = root / "hand" / "low" / "seed1" / "result.json"
+    r = json.loads(f.read_text())
+    del r["row"], r["seed"]  # a result that does not say: its folder does
+    f.write_text(json.dumps(r))
+    rows, runs = write_report(load_suite(path), Options(root=root))
+    assert sorted(zip(runs["row"], runs["seed"])) == [("good", 0), ("good", 1), ("low", 1)]
+    assert rows.set_index("row").loc["low", "n"] == 1 and rows.set_index("row").loc["good", "n"] == 2
+
+
+def test_report_on_a_suite_never_run_says_where_it_looked_and_creates_nothing(tmp_path, capsys):
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0)])
+    root = tmp_path / "runs"
+    assert suite_main(["report", str(path), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"no finished run under {root / 'hand'}" in err and "--root" in err and len(err.strip().splitlines()) == 1
+    assert not root.exists()
 
 # ------------------------------------------------------------------ the local launcher, end to end
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_s
 if TYPE_CHECKING:
     from lightning_snn.suite.launchers import SlurmOptions
 
-STATES = ("done", "running", "interrupted", "pending", "failed", "not run")
+STATES = ("done", "running", "interrupted", "pending", "failed", "invalid", "not run")
 
 
 def _csv(kind: type) -> "argparse._ActionType":  # type: ignore[name-defined]
