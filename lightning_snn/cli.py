@@ -107,6 +107,10 @@ class SNNCLI(LightningCLI):
             "--allow_other_data", type=bool, default=False,
             help="test / validate / report a --ckpt_path on another data set than it was trained on",
         )
+        parser.add_argument(
+            "--allow_unknown_data", type=bool, default=False,
+            help="fit: resume a --ckpt_path that does not record its data settings, with the requested ones",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Verify ``--ckpt_path`` (fall back from a broken ``last`` when fitting) and keep its model
@@ -131,6 +135,15 @@ class SNNCLI(LightningCLI):
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
+        if (self.subcommand == "fit" and self._ckpt_file and self._ckpt_data is None
+                and hasattr(self.datamodule, "run_settings")
+                and not self.config["fit"].get("allow_unknown_data")):
+            # its position in the epoch, batch size and split cannot be checked: resuming would silently
+            # re-derive them from the requested settings (and record those as the checkpoint's)
+            raise CheckpointError(
+                f"checkpoint {self._ckpt_file} does not record the data settings it was trained with, so a "
+                "resume cannot check them (valid: --allow_unknown_data true to resume it with the requested "
+                "--data.* settings, or no --ckpt_path to start a new run)")
         if self._ckpt_data and self.subcommand != "export" and hasattr(self.datamodule, "run_settings"):
             note = check_data_settings(self._ckpt_data, self.datamodule.run_settings(), self._ckpt_file,
                                        self.subcommand, self.config[self.subcommand].get("allow_other_data"))

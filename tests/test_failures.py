@@ -124,6 +124,26 @@ def test_checkpoint_of_other_data_settings_is_an_error_naming_the_keys(trained, 
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing written
 
 
+def test_checkpoint_that_records_no_data_settings_resumes_only_when_asked(trained, tmp_path, capsys):
+    """A checkpoint without the data module's state or hyper-parameters cannot say what data (batch
+    size, split, position in the epoch) it was trained on: fit refuses it in one line, writing
+    nothing, unless --allow_unknown_data; then the requested settings are used."""
+    args, run = trained
+    ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
+    ckpt.pop("VisionDataModule")
+    ckpt.pop("datamodule_hyper_parameters", None)
+    bare = tmp_path / "bare.ckpt"
+    torch.save(ckpt, bare)
+    resumed = [*sub_args("fit", args), "--trainer.max_epochs=2", f"--ckpt_path={bare}", "--data.batch_size=8"]
+    before = sorted(p.name for p in run.rglob("*"))
+    line = one_line_error(capsys, resumed)
+    assert str(bare) in line and "does not record the data settings" in line and "--allow_unknown_data" in line
+    assert sorted(p.name for p in run.rglob("*")) == before
+    elsewhere = [f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                 f"--checkpoint.dirpath={tmp_path / 'checkpoints'}"]  # the shared run stays as it is
+    cli = main([*resumed, *elsewhere, "--allow_unknown_data=true"])
+    assert cli.trainer.current_epoch == 2 and cli.datamodule.hparams.batch_size == 8
+
 def test_evaluation_on_another_data_set_only_when_asked_and_said(trained, capsys):
     """``--allow_other_data`` evaluates the checkpoint's weights on MNIST and says so; the data
     settings that do not define the data set (batch size) may differ in evaluation."""
