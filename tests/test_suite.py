@@ -228,6 +228,47 @@ def test_report_on_a_suite_never_run_says_where_it_looked_and_creates_nothing(tm
     assert f"no finished run under {root / 'hand'}" in err and "--root" in err and len(err.strip().splitlines()) == 1
     assert not root.exists()
 
+@pytest.mark.parametrize("val_size, protocol, value, best_is_test", [
+    (0, "best_epoch", 70.0, True),      # the validation curve is the test split: its best epoch counts
+    (0, "final", 65.0, True),
+    (5000, "best_epoch", None, False),  # a held-out validation split is no test accuracy
+])
+def test_collect_result_on_a_hand_made_metrics_csv(tmp_path, val_size, protocol, value, best_is_test):
+    """val/acc 0.5, 0.7, 0.6 over epochs 0-2 -> best 70 at epoch 1; test/acc 0.65 at the end -> final 65."""
+    import pytorch_lightning as pl
+    from types import SimpleNamespace
+
+    from lightning_snn.cli_check import check_args
+    from lightning_snn.suite.execute import collect_result, fit_args
+
+    path = write_suite(tmp_path / "hand.yaml", [row("r", overrides=[f"--data.val_size={val_size}"], protocol=protocol)],
+                       seeds=[0])
+    run = load_suite(path).select(["r"], [0])[0]
+    root = tmp_path / "runs"
+    d = run.directory(root)
+    (d / "logs" / "attempt0").mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1, 2, 2], "step": [10, 20, 30, 30], "val/acc": [0.5, 0.7, 0.6, None],
+                  "test/acc": [None, None, None, 0.65]}).to_csv(d / "logs" / "attempt0" / "metrics.csv", index=False)
+    cli = SimpleNamespace(trainer=pl.Trainer(logger=False, accelerator="cpu", enable_checkpointing=False),
+                          config={"fit": check_args(fit_args(run, Options(root=root), 0))["fit"]})
+    res = collect_result(run, cli, 36.0, d)
+    assert res["best"] == pytest.approx(70.0) and res["best_epoch"] == 1 and res["final"] == pytest.approx(65.0)
+    assert res["best_is_test_split"] is best_is_test
+    assert res["value"] == (pytest.approx(value) if value is not None else None)
+    assert res["row"] == "r" and res["seed"] == 0 and res["device_hours"] == pytest.approx(0.01)
+
+
+def test_execute_leaves_a_finished_run_alone(tmp_path):
+    """SLURM array tasks and requeues call ``execute`` directly: a run with its result exits 0
+    without training, and its folder is unchanged."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0)], seeds=[0])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0})
+    d = root / "hand" / "good" / "seed0"
+    before = {p: p.read_bytes() for p in d.rglob("*")}
+    assert suite_main(["execute", str(path), "--root", str(root), "--row", "good", "--seed", "0"]) == 0
+    assert {p: p.read_bytes() for p in d.rglob("*")} == before
+
 # ------------------------------------------------------------------ the local launcher, end to end
 @pytest.mark.slow
 def test_smoke_suite_end_to_end_with_results_recomputed_from_the_runs(tmp_path, data_root):
