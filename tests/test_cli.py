@@ -144,6 +144,13 @@ def test_unknown_key_in_config_file(tmp_path, data_root, capsys):
     assert "time_steps" in error_text(capsys, cli_args(cfg, tmp_path, data_root))
 
 
+def test_config_file_whose_top_level_is_a_list_is_named(tmp_path, data_root, capsys):
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("- model: {T: 2}\n- data: {}\n")
+    text = error_text(capsys, cli_args(cfg, tmp_path, data_root))
+    assert str(cfg) in text and "top level is a YAML list, not a mapping" in text, text
+
+
 def test_strategy_that_cannot_train_model_names_both():
     class FeedbackOnly(GradientStrategy):
         name = "feedback_only"

@@ -506,22 +506,28 @@ class OutOfMemoryAtStep(Callback):
     """Raises torch's own out-of-memory error inside the training step ``at`` (as the allocator
     does when a batch does not fit)."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, host: bool = False) -> None:
+        self.at, self.host = at, host
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at and self.host:  # torch's CPU allocator (a plain RuntimeError)
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate "
+                               "memory)")
         if batch_idx == self.at:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
                                          "total capacity of 11.72 GiB of which 1.05 GiB is free.")
 
 
-def test_out_of_memory_names_batch_size_t_and_the_memory_tried(data_root, tmp_path, capsys):
+@pytest.mark.parametrize("host", [False, True], ids=["cuda-wording", "cpu-allocator"])
+def test_out_of_memory_names_batch_size_t_and_the_memory_tried(data_root, tmp_path, capsys, host):
     from lightning_snn.cli import _NO_EXIT
     from lightning_snn.errors import run_cli
 
     args = fit_args(data_root, tmp_path, "--model.T=3", batch_size=24, epochs=1)
     with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main(args, parser_kwargs=_NO_EXIT, trainer_defaults={"callbacks": [OutOfMemoryAtStep(1)]}))
+        run_cli(lambda: main(args, parser_kwargs=_NO_EXIT,
+                             trainer_defaults={"callbacks": [OutOfMemoryAtStep(1, host)]}))
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and "Traceback" not in "\n".join(err), err
     assert re.fullmatch(r"error: out of memory in fit with --data\.batch_size 24 \(--data\.eval_batch_size 250\) and "

@@ -170,6 +170,28 @@ def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path,
     assert out.read_bytes() == b"previous"
 
 
+def test_export_file_is_readable_like_checkpoints_and_an_unwritable_out_is_named(tmp_path: Path) -> None:
+    """``write_nir``: the file gets the umask's mode (0644 under umask 022), not mkstemp's 0600; a
+    folder that cannot be written is one line naming ``--out``, leaving nothing behind."""
+    import os
+    import stat
+
+    from lightning_snn.nir_export import to_nir, write_nir
+
+    module = SNNModule("mlp", num_classes=2, input_shape=(1, 2, 2), T=2, network_args={"hidden": [3]})
+    graph = to_nir(module.net, (1, 2, 2))
+    old = os.umask(0o022)
+    try:
+        out = write_nir(graph, tmp_path / "model.nir")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"--out '.*a_file/model.nir': cannot write in .*\(valid: a file in a writable"):
+        write_nir(graph, blocker / "model.nir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model.nir"]
+
 def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) -> None:
     """F-MLP (16 inputs -> 8 IF neurons with 8 x 8 feedback -> 3 classes), T = 5, under IDE, which
     runs its neurons step by step (``LIF.step``). Zero input weights, BN shifts 1.5 / 0.5 on
