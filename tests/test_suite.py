@@ -97,6 +97,19 @@ def test_a_suite_without_seeds_and_an_unknown_suite_name_are_errors(tmp_path, ca
     assert "unknown suite 'no_such_suite'" in err and "smoke" in err
 
 
+def test_a_negative_seed_and_a_bad_row_override_fail_before_anything_trains(tmp_path, capsys, data_root):
+    """``--seeds -1`` and a second row's ``--model.T=0`` are one line, exit 2, before any run starts
+    (no run folder written): every row's model is built in the up-front check."""
+    path = write_suite(tmp_path / "two.yaml", [row("a"), row("b", overrides=["--model.T=0"])], seeds=[0])
+    root = tmp_path / "runs"
+    assert suite_main(["run", str(path), "--root", str(root), "--seeds", "-1", "--rows", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds -1: a seed must be in [0, 2^32)" in err and len(err.strip().splitlines()) == 1, err
+    assert suite_main(["run", str(path), "--root", str(root), "--", *tiny(data_root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "row 'b'" in err[-1] and "T must be a positive integer, got 0" in err[-1], err
+    assert not root.exists()
+
 def test_a_key_given_twice_in_a_suite_file_names_file_line_and_key(tmp_path, capsys):
     path = write_suite(tmp_path / "twice.yaml", [row("a")])
     path.write_text(path.read_text().replace("  protocol: final", "  protocol: final\n    protocol: best_epoch"))

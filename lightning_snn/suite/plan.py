@@ -41,7 +41,9 @@ def check_row(row: Row, opts: Options, seed: int) -> RowCheck:
 
     run = RunSpec("check", row, seed)
     try:
-        cfg = check_args(fit_args(run, Options(root=Path(tempfile.gettempdir()), extra=opts.extra), 0))["fit"]
+        # built too (model and data module, no data read): a row's `--model.T=0` fails before any row trains
+        cfg = check_args(fit_args(run, Options(root=Path(tempfile.gettempdir()), extra=opts.extra), 0),
+                         build=True)["fit"]
     except UsageError as e:
         raise SuiteError(f"row {row.name!r} ({row.config.name}): {e}") from None
     if row.reference.protocol == "best_epoch" and int(cfg.data.val_size) != 0:
