@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback
@@ -100,6 +101,28 @@ def test_checkpoint_with_the_same_settings_is_used(trained):
         logged = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
     assert float(cli.trainer.callback_metrics["val/acc"]) == pytest.approx(logged[-1], abs=1e-6)
 
+
+@pytest.mark.parametrize("sub", ["test", "predict", "report", "export"])
+def test_every_subcommand_with_ckpt_path_uses_the_checkpoints_weights(trained, sub, tmp_path):
+    """test / predict / report / export evaluate (or write) the checkpoint's weights, not a fresh
+    network's: the module's state after the command equals the file's, and the exported read-out
+    weight is the checkpoint's."""
+    import nir
+
+    args, run = trained
+    last = run / "checkpoints" / "last.ckpt"
+    extra = {"test": ["--trainer.limit_test_batches=1"], "predict": ["--trainer.limit_predict_batches=1"],
+             "report": ["--trainer.limit_test_batches=1", f"--out_dir={tmp_path}"],
+             "export": [f"--out={tmp_path / 'model.nir'}"]}[sub]
+    cli = main(sub_args(sub, args) + [f"--ckpt_path={last}", *extra])
+    saved = load_ckpt(last)["state_dict"]
+    evaluated = cli.model.state_dict()
+    assert evaluated.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(evaluated[k].cpu(), v), k
+    if sub == "export":
+        graph = nir.read(str(tmp_path / "model.nir"))
+        assert np.array_equal(graph.nodes["layers_2_0"].weight, saved["net.layers.2.0.weight"].numpy())
 
 # ----------------------------------------------------------------------------- checkpoint != data
 @pytest.mark.parametrize("sub, change, keys", [
