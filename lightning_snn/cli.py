@@ -17,8 +17,11 @@ other data settings on resume, and another data set in evaluation unless ``--all
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
+import warnings
 from typing import Any, Literal, NoReturn, Optional
 
 import pytorch_lightning as pl
@@ -208,9 +211,27 @@ class SNNCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising tips ("Tip: ... try installing litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in str(record.msg)
+
+
+def quiet_lightning_hints() -> None:
+    """Keep Lightning's litlogger tip and, outside a SLURM job, its "prepend srun" hint (this
+    project launches SLURM jobs itself, ``suite run --launcher slurm``) off every command's output."""
+    lg = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in lg.filters):
+        lg.addFilter(_NoTips())
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+
+
 def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
     """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
     ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
+    quiet_lightning_hints()
     if args is None:  # export --verify a b c: the parser reads a list as [a,b,c]
         sys.argv[1:] = space_separated_list(sys.argv[1:])
     else:

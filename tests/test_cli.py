@@ -211,3 +211,19 @@ def test_limit_batches_runs_what_it_says_in_every_loop(value, tmp_path, all_data
     else:
         for s, total in (("train", 3), ("val", 2), ("test", 5), ("predict", 5)):
             assert f"limit_{s}_batches: 100% of {total} batches ({total})" in log
+
+
+
+def test_lightning_tips_and_the_srun_hint_stay_out_of_the_output(tmp_path, data_root, caplog, monkeypatch):
+    import logging
+    import warnings
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        main(cli_args(DEMO, tmp_path, data_root)[1:], run=False)
+        from lightning_fabric.utilities.rank_zero import rank_zero_warn
+        rank_zero_warn("The `srun` command is available on your system but is not used.")
+    assert "Tip: For seamless" not in caplog.text and "Seed set to 0" in caplog.text
+    assert not [w for w in seen if "srun" in str(w.message)]
