@@ -37,11 +37,10 @@ class FiringRateMonitor(pl.Callback):
     # ------------------------------------------------------------------ recording
     def _record(self, i: int, spikes: Tensor, leading: int) -> None:
         """Accumulate layer ``i``'s spikes per neuron over its ``leading`` time/batch axes."""
-        s = spikes.detach().float()
-        dims = tuple(range(leading))
-        per_neuron = s.sum(dim=dims)
+        # a spike is a nonzero output (DSR emits Vth); counted in int64, exact past float32's 2^24
+        per_neuron = (spikes.detach() != 0).sum(dim=tuple(range(leading)), dtype=torch.int64)
         self._sums[i] = per_neuron if self._sums[i] is None else self._sums[i] + per_neuron
-        self._counts[i] += math.prod(s.shape[:leading])
+        self._counts[i] += math.prod(spikes.shape[:leading])
 
     def _attach(self, layers: list[SpikingNeuron]) -> None:
         self._layers = layers
@@ -77,7 +76,7 @@ class FiringRateMonitor(pl.Callback):
             return
         self._detach()
         rates = [
-            (s / c) if s is not None and c else None for s, c in zip(self._sums, self._counts)
+            (s / c) if s is not None and c else None for s, c in zip(self._sums, self._counts)  # exact count / count
         ]
         for i, r in enumerate(rates):
             if r is not None:

@@ -17,8 +17,11 @@ other data settings on resume, and another data set in evaluation unless ``--all
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
+import warnings
 from typing import Any, Literal, NoReturn, Optional
 
 import pytorch_lightning as pl
@@ -122,6 +125,10 @@ class SNNCLI(LightningCLI):
             "--allow_other_data", type=bool, default=False,
             help="test / validate / report a --ckpt_path on another data set than it was trained on",
         )
+        parser.add_argument(
+            "--allow_unknown_data", type=bool, default=False,
+            help="fit: resume a --ckpt_path that does not record its data settings, with the requested ones",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Verify ``--ckpt_path`` (fall back from a broken ``last`` when fitting) and keep its model
@@ -146,6 +153,15 @@ class SNNCLI(LightningCLI):
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
+        if (self.subcommand == "fit" and self._ckpt_file and self._ckpt_data is None
+                and hasattr(self.datamodule, "run_settings")
+                and not self.config["fit"].get("allow_unknown_data")):
+            # its position in the epoch, batch size and split cannot be checked: resuming would silently
+            # re-derive them from the requested settings (and record those as the checkpoint's)
+            raise CheckpointError(
+                f"checkpoint {self._ckpt_file} does not record the data settings it was trained with, so a "
+                "resume cannot check them (valid: --allow_unknown_data true to resume it with the requested "
+                "--data.* settings, or no --ckpt_path to start a new run)")
         self._init_from()
         if self._ckpt_data and self.subcommand != "export" and hasattr(self.datamodule, "run_settings"):
             note = check_data_settings(self._ckpt_data, self.datamodule.run_settings(), self._ckpt_file,
@@ -241,9 +257,27 @@ class SNNCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising tips ("Tip: ... try installing litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in str(record.msg)
+
+
+def quiet_lightning_hints() -> None:
+    """Keep Lightning's litlogger tip and, outside a SLURM job, its "prepend srun" hint (this
+    project launches SLURM jobs itself, ``suite run --launcher slurm``) off every command's output."""
+    lg = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in lg.filters):
+        lg.addFilter(_NoTips())
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+
+
 def main(args: list[str] | None = None, **cli_kwargs: Any) -> SNNCLI:
     """Run the command line on ``args`` (``sys.argv`` when ``None``); ``cli_kwargs`` go to
     ``SNNCLI`` (e.g. ``save_config_kwargs`` or ``run=False``) over the defaults."""
+    quiet_lightning_hints()
     if args is None:  # export --verify a b c, timesteps --T 1 2 4: the parser reads [a,b,c]
         sys.argv[1:] = space_separated_list(space_separated_list(sys.argv[1:]), "--T")
     else:

@@ -12,10 +12,12 @@ They are methods of the trainer so that
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
+
+from lightning_snn.batch_limits import BatchLimit, BatchLimitNote
 
 
 def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
@@ -76,8 +78,25 @@ def _test_images(datamodule: Optional[pl.LightningDataModule], n: int) -> tuple[
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
+def _as_list(callbacks: Any) -> list[Any]:
+    return [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+
+
 class SNNTrainer(pl.Trainer):
-    """``pl.Trainer`` with the ``export``, ``report`` and ``timesteps`` commands."""
+    """``pl.Trainer`` with the ``export``, ``report`` and ``timesteps`` commands; ``limit_*_batches`` typed
+    ``int | float`` (an integer is a number of batches, ``1.0`` all of them, as in Lightning's Python
+    API, ``batch_limits``) and the limits applied written in the run log."""
+
+    def __init__(self, limit_train_batches: BatchLimit = None, limit_val_batches: BatchLimit = None,
+                 limit_test_batches: BatchLimit = None, limit_predict_batches: BatchLimit = None,
+                 **kwargs: Any) -> None:
+        limits = {"train": limit_train_batches, "val": limit_val_batches, "test": limit_test_batches,
+                  "predict": limit_predict_batches}
+        if any(v is not None for v in limits.values()):
+            kwargs["callbacks"] = [*_as_list(kwargs.get("callbacks")), BatchLimitNote(limits)]
+        super().__init__(limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+                         limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
+                         **kwargs)
 
     def export(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
                ckpt_path: Optional[str] = None, out: str = "model.nir", dt: float = 1e-4,

@@ -33,7 +33,10 @@ def _check_config_file(path: Path, chain: tuple[Path, ...]) -> None:
     if path.resolve() in chain:  # a loop: the parser names it
         return
     data = load_yaml(path)
-    includes = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(data, dict):  # the parser would say "expected a dict" without the file
+        raise UsageError(f"{path}: the top level is a YAML {type(data).__name__}, not a mapping "
+                         "(valid: a mapping of options, e.g. `model:` / `data:` / `trainer:` keys)")
+    includes = data.get("config")
     for inc in [includes] if isinstance(includes, str) else includes or []:
         target = path.parent / str(inc)
         if not target.is_file():

@@ -53,6 +53,7 @@ class LayerRow:
     sops: float
     macs: float
     energy_pj: float
+    spike_count: int = 0  # all spikes of the layer over every sample, exact (int64)
 
 
 # ------------------------------------------------------------------------------ structure
@@ -191,18 +192,20 @@ def build_rows(counts: NetworkCounts, spikes: dict[str, Tensor], elem_steps: dic
         s = spikes.get(n)
         if s is None:
             continue
-        s = s.to(fan.device, fan.dtype).reshape(fan.shape)
-        sops = float((s * fan).sum()) / samples
-        total = float(s.sum())
+        # counts are int64 and sums float64: float32 holds integers exactly only up to 2^24
+        s = s.to(fan.device).reshape(fan.shape)
+        total = int(s.sum(dtype=torch.int64))
+        sops = float((s.double() * fan.double()).sum()) / samples
         rows.append(LayerRow(
             n, "spiking", fan.numel(), total / max(elem_steps[n], 1.0), total / samples,
-            float(fan.mean()), sops, 0.0, sops * E_AC_PJ,
+            float(fan.double().mean()), sops, 0.0, sops * E_AC_PJ, total,
         ))
     sops = sum(r.sops for r in rows)
     macs = sum(r.macs for r in rows)
     ann = float(sum(counts.ann_macs.values()))
     totals = {
-        "spikes": sum(r.spikes for r in rows), "sops": sops, "snn_macs": macs,
+        "spikes": sum(r.spikes for r in rows), "spike_count": sum(r.spike_count for r in rows),
+        "sops": sops, "snn_macs": macs,
         "snn_energy_pj": sops * E_AC_PJ + macs * E_MAC_PJ,
         "ann_macs": ann, "ann_energy_pj": ann * E_MAC_PJ, "T": float(T), "samples": samples,
     }
@@ -220,7 +223,8 @@ def format_table(rows: list[LayerRow], totals: dict[str, float]) -> str:
                      f"{r.sops:>13.4g}{r.macs:>13.4g}{r.energy_pj / 1e3:>11.4g}")
     lines.append("-" * len(head))
     lines.append(f"SNN (T={int(totals['T'])}, per sample over {int(totals['samples'])} samples): "
-                 f"{totals['spikes']:.1f} spikes, {totals['sops']:.4g} SOPs x {E_AC_PJ} pJ + "
+                 f"{totals['spikes']:.1f} spikes ({totals['spike_count']:,} in all), "
+                 f"{totals['sops']:.4g} SOPs x {E_AC_PJ} pJ + "
                  f"{totals['snn_macs']:.4g} MACs x {E_MAC_PJ} pJ = {totals['snn_energy_pj'] / 1e3:.4g} nJ")
     lines.append(f"ANN (same network, one pass): {totals['ann_macs']:.4g} MACs x {E_MAC_PJ} pJ = "
                  f"{totals['ann_energy_pj'] / 1e3:.4g} nJ; SNN / ANN energy = {totals['energy_ratio_snn_over_ann']:.3f}")
@@ -233,7 +237,8 @@ def write_csv(rows: list[LayerRow], totals: dict[str, float], path: Path) -> Non
         w.writeheader()
         for r in rows:
             w.writerow(asdict(r))
-        w.writerow({"layer": "total_snn", "kind": "snn", "spikes": totals["spikes"], "sops": totals["sops"],
+        w.writerow({"layer": "total_snn", "kind": "snn", "spikes": totals["spikes"],
+                    "spike_count": totals["spike_count"], "sops": totals["sops"],
                     "macs": totals["snn_macs"], "energy_pj": totals["snn_energy_pj"]})
         w.writerow({"layer": "total_ann", "kind": "ann", "macs": totals["ann_macs"], "energy_pj": totals["ann_energy_pj"]})
 
@@ -298,16 +303,16 @@ class SpikeEnergyReport(pl.Callback):
 
     # -------------------------------------------------------------- recording
     def _record(self, name: str, s: Tensor, leading: int) -> None:
-        s = (s.detach() != 0).float()  # a spike is a nonzero output (DSR may emit spikes of value Vth)
-        per = s.sum(dim=tuple(range(leading)))
+        # a spike is a nonzero output (DSR may emit spikes of value Vth); counted in int64, exact
+        per = (s.detach() != 0).sum(dim=tuple(range(leading)), dtype=torch.int64)
         self._spikes[name] = per if name not in self._spikes else self._spikes[name] + per
-        self._elem_steps[name] = self._elem_steps.get(name, 0.0) + float(s.numel())
+        self._elem_steps[name] = self._elem_steps.get(name, 0) + s.numel()
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
         net = pl_module.net
         self._counts = NetworkCounts(net, tuple(pl_module.hparams.input_shape))
         self._spikes: dict[str, Tensor] = {}
-        self._elem_steps: dict[str, float] = {}
+        self._elem_steps: dict[str, int] = {}
         self._samples = 0
         self._events = False
         for path, m in net.named_modules():
@@ -346,9 +351,11 @@ class SpikeEnergyReport(pl.Callback):
             return
         self._detach()
         strategy = trainer.strategy
-        samples = float(strategy.reduce(torch.tensor(float(self._samples), device=pl_module.device), reduce_op="sum"))
+        samples = float(strategy.reduce(torch.tensor(self._samples, dtype=torch.int64, device=pl_module.device),
+                                        reduce_op="sum"))
         spikes = {n: strategy.reduce(v, reduce_op="sum") for n, v in self._spikes.items()}
-        elem = {n: float(strategy.reduce(torch.tensor(v, device=pl_module.device), reduce_op="sum"))
+        elem = {n: float(strategy.reduce(torch.tensor(v, dtype=torch.int64, device=pl_module.device),
+                                         reduce_op="sum"))
                 for n, v in self._elem_steps.items()}
         T = int(pl_module.strategy.T)
         self.rows, self.totals = build_rows(self._counts, spikes, elem, max(samples, 1.0), T,

@@ -94,8 +94,9 @@ class HostSyncCounter(TorchFunctionMode):
 def is_out_of_memory(exc: BaseException) -> bool:
     """``exc`` is an out-of-memory error (torch's CUDA one, a backend's ``RuntimeError``, or the
     host's ``MemoryError``)."""
+    text = str(exc).lower()
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def _gib(n: float) -> str:
@@ -108,7 +109,9 @@ def memory_peak_text(exc: BaseException, device: torch.device) -> str:
     import re
 
     tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", str(exc))
+    host = re.search(r"tried to allocate (\d+) bytes", str(exc))  # the CPU allocator's wording
     parts = [f"tried to allocate {tried.group(1)} more"] if tried else []
+    parts += [f"tried to allocate {_gib(int(host.group(1)))} more"] if host and not tried else []
     if device.type == "cuda" and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(device).total_memory
         parts.append(f"peak {_gib(torch.cuda.max_memory_allocated(device))} allocated of {_gib(total)} "

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from procs import require
 
-pytest.importorskip("spikingjelly.activation_based")
+require("spikingjelly.activation_based")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import speed  # noqa: E402

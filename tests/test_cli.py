@@ -144,6 +144,13 @@ def test_unknown_key_in_config_file(tmp_path, data_root, capsys):
     assert "time_steps" in error_text(capsys, cli_args(cfg, tmp_path, data_root))
 
 
+def test_config_file_whose_top_level_is_a_list_is_named(tmp_path, data_root, capsys):
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("- model: {T: 2}\n- data: {}\n")
+    text = error_text(capsys, cli_args(cfg, tmp_path, data_root))
+    assert str(cfg) in text and "top level is a YAML list, not a mapping" in text, text
+
+
 def test_strategy_that_cannot_train_model_names_both():
     class FeedbackOnly(GradientStrategy):
         name = "feedback_only"
@@ -158,3 +165,65 @@ def test_strategy_that_cannot_train_model_names_both():
     with pytest.raises(ValueError, match=r"'feedback_only' cannot train model Net \(kind 'feedforward'\)"
                        r".*supports \['feedback'\].*\['bptt', 'dsr', 'ottt_a', 'ottt_o', 'proxy', 'sltt'\]"):
         FeedbackOnly(T=2).check_model(Net())
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("1.0", 1.0), ("0.25", 0.25)])
+def test_limit_batches_integer_is_a_count_and_decimal_a_fraction_when_parsed(value, expected, tmp_path, data_root):
+    """``1`` stays the integer 1 (one batch) and ``1.0`` the fraction 1.0 (every batch), as in
+    Lightning's Python API, for each of the four options; ``pl.Trainer`` annotates them
+    ``float | int``, which a parser trying the types in order reads as ``1.0``."""
+    stages = ("train", "val", "test", "predict")
+    cli = main(cli_args(DEMO, tmp_path, data_root, *[f"--trainer.limit_{s}_batches={value}" for s in stages])[1:],
+               run=False)
+    for s in stages:
+        got = getattr(cli.trainer, f"limit_{s}_batches")
+        assert got == expected and type(got) is type(expected), (s, value, got)
+
+
+@pytest.mark.parametrize("value", ["1", "1.0"])
+def test_limit_batches_runs_what_it_says_in_every_loop(value, tmp_path, all_data_root, caplog):
+    """fit / validate / test / predict with ``--trainer.limit_*_batches 1`` run one batch each, with
+    ``1.0`` every batch (the 20-image CIFAR-10 copy: 12 training images in batches of 4: 3; 8
+    validation and 20 test images in batches of 4: 2 and 5), and the run log says which limit was
+    applied."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    one = value == "1"
+    base = [a for a in cli_args(DEMO, tmp_path, all_data_root) if not a.startswith("--data.val_size")][1:]
+    base += ["--data.dataset=cifar10", "--data.verify_md5=false", "--data.val_size=8",
+             "--model.network_args.hidden=[8]", "--model.T=1", "--test_after_fit=null"]
+    limits = [f"--trainer.limit_{s}_batches={value}" for s in ("train", "val", "test", "predict")]
+    fit = main(["fit", *base, "--trainer.max_epochs=1", "--trainer.num_sanity_val_steps=0", *limits])
+    assert fit.trainer.global_step == (1 if one else 3)
+    assert fit.trainer.num_val_batches == [1 if one else 2]
+    ckpt = f"--ckpt_path={fit.trainer.checkpoint_callbacks[1].last_model_path}"
+    val = main(["validate", *base, ckpt, *limits])
+    assert val.trainer.num_val_batches == [1 if one else 2]
+    test = main(["test", *base, ckpt, *limits])
+    assert test.trainer.num_test_batches == [1 if one else 5]
+    pred = main(["predict", *base, ckpt, *limits])
+    assert len(pred.trainer.predict_loop.predictions) == (1 if one else 5)
+    log = caplog.text
+    if one:
+        for s, total in (("train", 3), ("val", 2), ("test", 5), ("predict", 5)):
+            assert f"limit_{s}_batches: 1 batch (of {total})" in log
+    else:
+        for s, total in (("train", 3), ("val", 2), ("test", 5), ("predict", 5)):
+            assert f"limit_{s}_batches: 100% of {total} batches ({total})" in log
+
+
+
+def test_lightning_tips_and_the_srun_hint_stay_out_of_the_output(tmp_path, data_root, caplog, monkeypatch):
+    import logging
+    import warnings
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        main(cli_args(DEMO, tmp_path, data_root)[1:], run=False)
+        from lightning_fabric.utilities.rank_zero import rank_zero_warn
+        rank_zero_warn("The `srun` command is available on your system but is not used.")
+    assert "Tip: For seamless" not in caplog.text and "Seed set to 0" in caplog.text
+    assert not [w for w in seen if "srun" in str(w.message)]

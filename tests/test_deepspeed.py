@@ -11,10 +11,10 @@ import yaml
 from lightning_snn.cli import SNNCLI
 from lightning_snn.data import VisionDataModule
 from lightning_snn.module import SNNModule
-from procs import CONFIGS, run_cli, tiny_fit_args
+from procs import CONFIGS, require, run_cli, tiny_fit_args
 
 DS_CONFIGS = sorted((CONFIGS / "deepspeed").glob("zero*.yaml"))
-deepspeed = pytest.importorskip("deepspeed")
+deepspeed = require("deepspeed")
 
 
 def test_both_zero_stages_are_there():

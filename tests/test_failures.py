@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback
@@ -101,6 +102,28 @@ def test_checkpoint_with_the_same_settings_is_used(trained):
     assert float(cli.trainer.callback_metrics["val/acc"]) == pytest.approx(logged[-1], abs=1e-6)
 
 
+@pytest.mark.parametrize("sub", ["test", "predict", "report", "export"])
+def test_every_subcommand_with_ckpt_path_uses_the_checkpoints_weights(trained, sub, tmp_path):
+    """test / predict / report / export evaluate (or write) the checkpoint's weights, not a fresh
+    network's: the module's state after the command equals the file's, and the exported read-out
+    weight is the checkpoint's."""
+    import nir
+
+    args, run = trained
+    last = run / "checkpoints" / "last.ckpt"
+    extra = {"test": ["--trainer.limit_test_batches=1"], "predict": ["--trainer.limit_predict_batches=1"],
+             "report": ["--trainer.limit_test_batches=1", f"--out_dir={tmp_path}"],
+             "export": [f"--out={tmp_path / 'model.nir'}"]}[sub]
+    cli = main(sub_args(sub, args) + [f"--ckpt_path={last}", *extra])
+    saved = load_ckpt(last)["state_dict"]
+    evaluated = cli.model.state_dict()
+    assert evaluated.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(evaluated[k].cpu(), v), k
+    if sub == "export":
+        graph = nir.read(str(tmp_path / "model.nir"))
+        assert np.array_equal(graph.nodes["layers_2_0"].weight, saved["net.layers.2.0.weight"].numpy())
+
 # ----------------------------------------------------------------------------- checkpoint != data
 @pytest.mark.parametrize("sub, change, keys", [
     ("fit", ["--data.dataset=mnist"], ["data.dataset: checkpoint 'fashion_mnist', requested 'mnist'",
@@ -123,6 +146,26 @@ def test_checkpoint_of_other_data_settings_is_an_error_naming_the_keys(trained, 
         assert key in line, line
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing written
 
+
+def test_checkpoint_that_records_no_data_settings_resumes_only_when_asked(trained, tmp_path, capsys):
+    """A checkpoint without the data module's state or hyper-parameters cannot say what data (batch
+    size, split, position in the epoch) it was trained on: fit refuses it in one line, writing
+    nothing, unless --allow_unknown_data; then the requested settings are used."""
+    args, run = trained
+    ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
+    ckpt.pop("VisionDataModule")
+    ckpt.pop("datamodule_hyper_parameters", None)
+    bare = tmp_path / "bare.ckpt"
+    torch.save(ckpt, bare)
+    resumed = [*sub_args("fit", args), "--trainer.max_epochs=2", f"--ckpt_path={bare}", "--data.batch_size=8"]
+    before = sorted(p.name for p in run.rglob("*"))
+    line = one_line_error(capsys, resumed)
+    assert str(bare) in line and "does not record the data settings" in line and "--allow_unknown_data" in line
+    assert sorted(p.name for p in run.rglob("*")) == before
+    elsewhere = [f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                 f"--checkpoint.dirpath={tmp_path / 'checkpoints'}"]  # the shared run stays as it is
+    cli = main([*resumed, *elsewhere, "--allow_unknown_data=true"])
+    assert cli.trainer.current_epoch == 2 and cli.datamodule.hparams.batch_size == 8
 
 def test_evaluation_on_another_data_set_only_when_asked_and_said(trained, capsys):
     """``--allow_other_data`` evaluates the checkpoint's weights on MNIST and says so; the data
@@ -487,22 +530,28 @@ class OutOfMemoryAtStep(Callback):
     """Raises torch's own out-of-memory error inside the training step ``at`` (as the allocator
     does when a batch does not fit)."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, host: bool = False) -> None:
+        self.at, self.host = at, host
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at and self.host:  # torch's CPU allocator (a plain RuntimeError)
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate "
+                               "memory)")
         if batch_idx == self.at:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
                                          "total capacity of 11.72 GiB of which 1.05 GiB is free.")
 
 
-def test_out_of_memory_names_batch_size_t_and_the_memory_tried(data_root, tmp_path, capsys):
+@pytest.mark.parametrize("host", [False, True], ids=["cuda-wording", "cpu-allocator"])
+def test_out_of_memory_names_batch_size_t_and_the_memory_tried(data_root, tmp_path, capsys, host):
     from lightning_snn.cli import _NO_EXIT
     from lightning_snn.errors import run_cli
 
     args = fit_args(data_root, tmp_path, "--model.T=3", batch_size=24, epochs=1)
     with pytest.raises(SystemExit) as exc:
-        run_cli(lambda: main(args, parser_kwargs=_NO_EXIT, trainer_defaults={"callbacks": [OutOfMemoryAtStep(1)]}))
+        run_cli(lambda: main(args, parser_kwargs=_NO_EXIT,
+                             trainer_defaults={"callbacks": [OutOfMemoryAtStep(1, host)]}))
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and "Traceback" not in "\n".join(err), err
     assert re.fullmatch(r"error: out of memory in fit with --data\.batch_size 24 \(--data\.eval_batch_size 250\) and "

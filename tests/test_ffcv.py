@@ -14,8 +14,9 @@ from lightning_snn.cli import main
 from lightning_snn.data import VisionDataModule
 from lightning_snn.data.ffcv import BetonError, check_beton, ffcv_loader, write_beton
 from lightning_snn.data.vision import CIFAR10Unverified
+from procs import require
 
-pytest.importorskip("ffcv", reason="ffcv is not installed (scripts/setup.sh installs it)")
+require("ffcv", reason="ffcv is not installed (scripts/setup.sh installs it)")
 
 IDENTITY = dict(mean=(0.0,), std=(1 / 255,))  # NormalizeBatch then returns raw pixel values
 

@@ -79,3 +79,17 @@ def test_installed_wheel_renders_jobs_outside_the_checkout(tmp_path):
               "--space", spaces / "threshold_T.yaml", "--num-samples", "2"], outside, env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "#SBATCH --nodes=2" in r.stdout and "-m lightning_snn_tune.sweep --address auto --config" in r.stdout
+
+
+def test_a_missing_test_dependency_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    """``procs.require`` (the ffcv, deepspeed, SpikingJelly and bench tests): under LIGHTNING_SNN_CI a
+    missing package fails naming it; elsewhere it skips."""
+    from procs import require
+
+    monkeypatch.setenv("LIGHTNING_SNN_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="no_such_package_x cannot be imported .*CI requires it"):
+        require("no_such_package_x")
+    monkeypatch.delenv("LIGHTNING_SNN_CI")
+    with pytest.raises(pytest.skip.Exception):
+        require("no_such_package_x")
+    assert require("json").dumps([1]) == "[1]"

@@ -8,6 +8,7 @@ fp16 / bf16: the kernels keep state and arithmetic in fp32, so they equal the fp
 same (exactly widened) input up to one rounding of the result to the input dtype.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,6 +33,9 @@ ALPHA = {"sigmoid": 4.0, "atan": 2.0, "rectangle": 1.0, "triangle": 1.5}
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 KERNELS_RUN = kernels_run_on(torch.empty(0, device=DEV))
+if not KERNELS_RUN and os.environ.get("LIGHTNING_SNN_CI") and importlib.util.find_spec("triton") is None:
+    pytest.fail("the kernel tests cannot run here: triton is not installed (pip install triton); CI requires "
+                "them", pytrace=False)
 if not KERNELS_RUN and os.environ.get("LIGHTNING_SNN_CI"):  # set by .ci/run: a silent skip is a failure
     pytest.fail("the kernel tests cannot run here: no CUDA, and TRITON_INTERPRET was not 1 when triton "
                 "was imported (is TRITON_INTERPRET=0 exported?); CI requires them", pytrace=False)

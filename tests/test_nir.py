@@ -23,6 +23,7 @@ from lightning_snn.nir.verify import agreement, class_scores, record_spikes
 from lightning_snn.nir.importer import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
+from procs import require
 
 # tiny versions of every model: (input shape, constructor arguments)
 TINY = {
@@ -259,7 +260,7 @@ def test_other_library_runs_our_file(library: str, name: str, leak: float, fmnis
     reset to 0 gives the measured agreement and is reproduced exactly by our network run with
     Norse's rule."""
     if library == "spikingjelly":
-        pytest.importorskip("spikingjelly.activation_based.nir_exchange")
+        require("spikingjelly.activation_based.nir_exchange")
     net = _trained(name, leak, fmnist, CROSS[name])
     graph = nir.read(str(write_nir(to_nir(net, (1, 28, 28)), tmp_path / "m.nir")))
     x = fmnist[0][:32].unsqueeze(0).expand(6, 32, 1, 28, 28)  # T = 6 steps, 32 samples

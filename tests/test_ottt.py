@@ -258,3 +258,19 @@ def test_a_loss_an_online_strategy_cannot_honour_is_a_clear_error():
     # whole-sequence strategies take either form
     for per_step in (False, True):
         assert SNNModule("mlp", num_classes=3, input_shape=(6,), loss=LossConfig(per_step=per_step)).loss.per_step is per_step
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_mse_target_constant_is_the_number_asked_for(per_step):
+    """``mse_target: 0.5``: l = (1 - lambda) CE + lambda mean((o - 0.5)^2), written out here from
+    log-softmax and squares (not 1.0, not the one-hot label)."""
+    torch.manual_seed(0)
+    out, y, lam = torch.randn(3, 4, 5, dtype=torch.float64), torch.tensor([0, 3, 1, 4]), 0.3
+
+    def term(o: torch.Tensor) -> torch.Tensor:
+        ce = -o.log_softmax(-1)[torch.arange(4), y].mean()
+        return (1 - lam) * ce + lam * ((o - 0.5) ** 2).mean()
+
+    expected = sum(term(o) for o in out) / 3 if per_step else term(out.mean(0))
+    got = SpikingLoss(per_step=per_step, mse_weight=lam, mse_target=0.5)(out, y)
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)

@@ -62,6 +62,36 @@ def test_mlp_counts_equal_a_hand_count(tmp_path: Path) -> None:
     assert (tmp_path / "spike_report.png").stat().st_size > 1000
 
 
+def test_spike_totals_past_float32_are_exact_integers(tmp_path: Path) -> None:
+    """4,097 IF neurons with bias 1.5 and zero input fire at every one of T = 5 steps, over 821
+    samples: 4,097 x 5 x 821 = 16,818,185 spikes, odd and above 2^24 = 16,777,216, the largest
+    range where float32 holds every integer (a float32 total reads 16,818,184). The report's total
+    and the firing-rate monitor's per-layer count equal the exact integer."""
+    from lightning_snn.callbacks import FiringRateMonitor
+
+    H, T, S = 4097, 5, 821
+    exact = H * T * S
+    assert exact > 2**24 and float(torch.tensor(float(exact), dtype=torch.float32)) != exact
+    module = SNNModule("mlp", num_classes=2, input_shape=(1, 1, 1), T=T,
+                       network_args={"hidden": [H], "batch_norm": False})
+    fc1 = module.net.layers[0][1]
+    with torch.no_grad():
+        fc1.weight.zero_()
+        fc1.bias.fill_(1.5)
+    report, monitor = SpikeEnergyReport(out_dir=str(tmp_path), stages=("validate",)), FiringRateMonitor(histograms=False)
+    data = DataLoader(TensorDataset(torch.zeros(S, 1, 1, 1), torch.zeros(S, dtype=torch.long)), batch_size=411)
+    pl.Trainer(logger=False, callbacks=[report, monitor], enable_progress_bar=False, enable_model_summary=False,
+               accelerator="cpu").validate(module, data, verbose=False)
+    row = next(r for r in report.rows if r.kind == "spiking")
+    assert row.spike_count == exact and report.totals["spike_count"] == exact
+    assert row.spikes == pytest.approx(exact / S, rel=1e-12) and row.rate == 1.0
+    assert row.sops == pytest.approx(exact * 2 / S, rel=1e-12)  # fan-out 2: the read-out
+    assert int(monitor._sums[0].sum()) == exact
+    with open(tmp_path / "spike_report.csv") as f:
+        table = {r["layer"]: r for r in csv.DictReader(f)}
+    assert int(table["total_snn"]["spike_count"]) == exact
+
+
 def test_conv_fan_out_counts_padding_borders(tmp_path: Path) -> None:
     """conv3x3 (pad 1) 1 -> 2 channels on 4x4 -> BN -> IF, then conv3x3 (pad 1) 2 -> 2.
 
@@ -138,6 +168,28 @@ def test_export_errors_leave_the_output_alone(fmnist_ckpt: Path, tmp_path: Path,
         main(["export", "--ckpt_path", str(tmp_path / "broken.ckpt"), *common])
     assert out.read_bytes() == b"previous"
 
+
+def test_export_file_is_readable_like_checkpoints_and_an_unwritable_out_is_named(tmp_path: Path) -> None:
+    """``write_nir``: the file gets the umask's mode (0644 under umask 022), not mkstemp's 0600; a
+    folder that cannot be written is one line naming ``--out``, leaving nothing behind."""
+    import os
+    import stat
+
+    from lightning_snn.nir_export import to_nir, write_nir
+
+    module = SNNModule("mlp", num_classes=2, input_shape=(1, 2, 2), T=2, network_args={"hidden": [3]})
+    graph = to_nir(module.net, (1, 2, 2))
+    old = os.umask(0o022)
+    try:
+        out = write_nir(graph, tmp_path / "model.nir")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"--out '.*a_file/model.nir': cannot write in .*\(valid: a file in a writable"):
+        write_nir(graph, blocker / "model.nir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model.nir"]
 
 def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) -> None:
     """F-MLP (16 inputs -> 8 IF neurons with 8 x 8 feedback -> 3 classes), T = 5, under IDE, which

@@ -97,6 +97,19 @@ def test_a_suite_without_seeds_and_an_unknown_suite_name_are_errors(tmp_path, ca
     assert "unknown suite 'no_such_suite'" in err and "smoke" in err
 
 
+def test_a_negative_seed_and_a_bad_row_override_fail_before_anything_trains(tmp_path, capsys, data_root):
+    """``--seeds -1`` and a second row's ``--model.T=0`` are one line, exit 2, before any run starts
+    (no run folder written): every row's model is built in the up-front check."""
+    path = write_suite(tmp_path / "two.yaml", [row("a"), row("b", overrides=["--model.T=0"])], seeds=[0])
+    root = tmp_path / "runs"
+    assert suite_main(["run", str(path), "--root", str(root), "--seeds", "-1", "--rows", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds -1: a seed must be in [0, 2^32)" in err and len(err.strip().splitlines()) == 1, err
+    assert suite_main(["run", str(path), "--root", str(root), "--", *tiny(data_root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "row 'b'" in err[-1] and "T must be a positive integer, got 0" in err[-1], err
+    assert not root.exists()
+
 def test_a_key_given_twice_in_a_suite_file_names_file_line_and_key(tmp_path, capsys):
     path = write_suite(tmp_path / "twice.yaml", [row("a")])
     path.write_text(path.read_text().replace("  protocol: final", "  protocol: final\n    protocol: best_epoch"))
@@ -132,6 +145,11 @@ def test_shipped_suites_load_and_every_row_has_a_reference():
     (90.0, 0.1, 2, Reference(value=90.0), True, "shortened"),
     (90.0, 0.1, 2, Reference(value=None), False, "unknown"),
     (0.5, 0.01, 3, Reference(metric="test/loss", value=0.6), False, "above"),  # lower loss is better
+    # exact boundaries (every number a binary fraction): |paper - mean| == 2 std, |mean - paper| == paper std
+    (90.0, 0.5, 3, Reference(value=91.0), False, "reproduced"),
+    (90.0, 0.5, 3, Reference(value=89.0), False, "reproduced"),
+    (90.0, 0.0, 1, Reference(value=90.5, std=0.5), False, "reproduced"),
+    (90.0, 0.0, 1, Reference(value=90.5, std=0.25), False, "below"),
 ])
 def test_verdicts(mean, std, n, ref, shortened, expected):
     assert verdict(mean, std, n, ref, shortened) == expected
@@ -163,6 +181,106 @@ def test_report_on_hand_made_result_files(tmp_path):
     assert "| good " in md and "90.10 ± 0.28" in md and "not run" in md and "unknown" not in md
     assert (root / "hand" / "results.png").stat().st_size > 1000
 
+
+def _hand_results(root: Path, made: dict) -> None:
+    for (name, seed), value in made.items():
+        d = root / "hand" / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "suite": "hand", "row": name, "seed": seed, "metric": "test/acc", "protocol": "final",
+            "value": value, "final": value, "best": value, "epochs": 3, "shortened": False,
+            "wall_s": 3600.0, "device": "cpu", "devices": 1, "device_hours": 1.0}))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f, r: f.write_text(json.dumps({**r, "row": "good"})), "its row field 'good' contradicts its folder"),
+    (lambda f, r: f.write_text(json.dumps({**r, "seed": 1})), "its seed field 1 contradicts its folder"),
+    (lambda f, r: f.write_text(json.dumps(r)[:40]), "not a readable result file"),
+    (lambda f, r: f.write_text("[1, 2]"), "not a result (a JSON list"),
+    (lambda f, r: f.write_text(json.dumps({**r, "value": "fast"})), "value 'fast' is not a number"),
+])
+def test_a_result_file_that_contradicts_its_folder_or_is_broken_is_named(tmp_path, capsys, edit, message):
+    """The folder a result sits in is its identity: a result copied / edited into another row's or
+    seed's folder, truncated or hand-edited, is one line naming the file in ``report`` (exit 2,
+    nothing written) and that run's state in ``status`` (the other runs still listed)."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0), row("low", value=95.0)])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0, ("good", 1): 91.0, ("low", 0): 91.0, ("low", 1): 92.0})
+    bad = root / "hand" / "low" / "seed0" / "result.json"
+    edit(bad, json.loads(bad.read_text()))
+    assert suite_main(["report", str(path), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and len(err.strip().splitlines()) == 1, err
+    assert not (root / "hand" / "results.csv").exists()
+    assert suite_main(["status", str(path), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "low/seed0" in x)
+    assert "invalid" in line and message in line, out
+    assert sum("| done" in x for x in out.splitlines()) == 3, out
+
+
+def test_report_reads_identity_from_the_folder_and_never_counts_a_run_twice(tmp_path):
+    """``row`` / ``seed`` of the table come from the run's folder, so every (row, seed) is one run."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0), row("low", value=95.0)])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0, ("good", 1): 91.0, ("low", 1): 92.0})
+    f = root / "hand" / "low" / "seed1" / "result.json"
+    r = json.loads(f.read_text())
+    del r["row"], r["seed"]  # a result that does not say: its folder does
+    f.write_text(json.dumps(r))
+    rows, runs = write_report(load_suite(path), Options(root=root))
+    assert sorted(zip(runs["row"], runs["seed"])) == [("good", 0), ("good", 1), ("low", 1)]
+    assert rows.set_index("row").loc["low", "n"] == 1 and rows.set_index("row").loc["good", "n"] == 2
+
+
+def test_report_on_a_suite_never_run_says_where_it_looked_and_creates_nothing(tmp_path, capsys):
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0)])
+    root = tmp_path / "runs"
+    assert suite_main(["report", str(path), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"no finished run under {root / 'hand'}" in err and "--root" in err and len(err.strip().splitlines()) == 1
+    assert not root.exists()
+
+@pytest.mark.parametrize("val_size, protocol, value, best_is_test", [
+    (0, "best_epoch", 70.0, True),      # the validation curve is the test split: its best epoch counts
+    (0, "final", 65.0, True),
+    (5000, "best_epoch", None, False),  # a held-out validation split is no test accuracy
+])
+def test_collect_result_on_a_hand_made_metrics_csv(tmp_path, val_size, protocol, value, best_is_test):
+    """val/acc 0.5, 0.7, 0.6 over epochs 0-2 -> best 70 at epoch 1; test/acc 0.65 at the end -> final 65."""
+    import pytorch_lightning as pl
+    from types import SimpleNamespace
+
+    from lightning_snn.cli_check import check_args
+    from lightning_snn.suite.execute import collect_result, fit_args
+
+    path = write_suite(tmp_path / "hand.yaml", [row("r", overrides=[f"--data.val_size={val_size}"], protocol=protocol)],
+                       seeds=[0])
+    run = load_suite(path).select(["r"], [0])[0]
+    root = tmp_path / "runs"
+    d = run.directory(root)
+    (d / "logs" / "attempt0").mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1, 2, 2], "step": [10, 20, 30, 30], "val/acc": [0.5, 0.7, 0.6, None],
+                  "test/acc": [None, None, None, 0.65]}).to_csv(d / "logs" / "attempt0" / "metrics.csv", index=False)
+    cli = SimpleNamespace(trainer=pl.Trainer(logger=False, accelerator="cpu", enable_checkpointing=False),
+                          config={"fit": check_args(fit_args(run, Options(root=root), 0))["fit"]})
+    res = collect_result(run, cli, 36.0, d)
+    assert res["best"] == pytest.approx(70.0) and res["best_epoch"] == 1 and res["final"] == pytest.approx(65.0)
+    assert res["best_is_test_split"] is best_is_test
+    assert res["value"] == (pytest.approx(value) if value is not None else None)
+    assert res["row"] == "r" and res["seed"] == 0 and res["device_hours"] == pytest.approx(0.01)
+
+
+def test_execute_leaves_a_finished_run_alone(tmp_path):
+    """SLURM array tasks and requeues call ``execute`` directly: a run with its result exits 0
+    without training, and its folder is unchanged."""
+    path = write_suite(tmp_path / "hand.yaml", [row("good", value=90.0)], seeds=[0])
+    root = tmp_path / "runs"
+    _hand_results(root, {("good", 0): 89.0})
+    d = root / "hand" / "good" / "seed0"
+    before = {p: p.read_bytes() for p in d.rglob("*")}
+    assert suite_main(["execute", str(path), "--root", str(root), "--row", "good", "--seed", "0"]) == 0
+    assert {p: p.read_bytes() for p in d.rglob("*")} == before
 
 # ------------------------------------------------------------------ the local launcher, end to end
 @pytest.mark.slow

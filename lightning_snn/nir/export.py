@@ -436,12 +436,22 @@ def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out {str(path)!r} is a directory; give a file name such as model.nir")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ValueError(f"--out {str(path)!r}: cannot write in {str(path.parent)!r} ({e.strerror}) "
+                         "(valid: a file in a writable folder)") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         nir.write(tmp, graph)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file (mkstemp makes it 0600), like checkpoints
         os.replace(tmp, path)
+    except OSError as e:
+        raise ValueError(f"--out {str(path)!r}: cannot write it ({e.strerror}) "
+                         "(valid: a file in a writable folder with free space)") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

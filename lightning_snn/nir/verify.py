@@ -125,7 +125,7 @@ def verify(graph: nir.NIRGraph, images: Tensor, labels: Tensor, T: int,
             result.notes.append(f"{lib}: cannot read the file: {type(e).__name__}: {e}")
     differ: dict[str, dict[str, int]] = {lib: {} for lib in models}
     size: dict[str, int] = {}
-    counts: dict[str, float] = {}
+    counts: dict[str, int] = {}
     same_pred = {lib: 0 for lib in models}
     correct = {lib: 0 for lib in models}
     ours_correct = 0
@@ -138,7 +138,7 @@ def verify(graph: nir.NIRGraph, images: Tensor, labels: Tensor, T: int,
             pred = class_scores(graph, out).argmax(-1)
             ours_correct += int((pred == y).sum())
             for n, s in spikes.items():
-                counts[n] = counts.get(n, 0.0) + float(s.sum())
+                counts[n] = counts.get(n, 0) + int((s != 0).sum())  # exact: an int64 count
                 size[n] = size.get(n, 0) + s.numel()
             for lib, model in models.items():
                 if lib in failed:

@@ -30,7 +30,7 @@ from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_s
 if TYPE_CHECKING:
     from lightning_snn.suite.launchers import SlurmOptions
 
-STATES = ("done", "running", "interrupted", "pending", "failed", "not run")
+STATES = ("done", "running", "interrupted", "pending", "failed", "invalid", "not run")
 
 
 def _csv(kind: type) -> "argparse._ActionType":  # type: ignore[name-defined]
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _runs(suite: Suite, ns: argparse.Namespace) -> list[RunSpec]:
     if ns.seeds is not None and not ns.seeds:
         raise SuiteError("--seeds is empty (valid: comma-separated integers, e.g. 0,1)")
+    bad = [s for s in ns.seeds or [] if not 0 <= s < 2**32]  # Lightning's seed range
+    if bad:
+        raise SuiteError(f"--seeds {','.join(map(str, bad))}: a seed must be in [0, 2^32) (valid: e.g. 0,1)")
     return suite.select(ns.rows, ns.seeds)
 
 

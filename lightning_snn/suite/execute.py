@@ -32,6 +32,30 @@ from lightning_snn.energy import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
 
 RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"
+
+
+def read_result(directory: Path, row: str, seed: int) -> dict[str, Any]:
+    """The ``result.json`` of run ``row`` / ``seed`` in ``directory``, checked: the folder a result
+    sits in is its identity, so a file that is not a JSON object with a numeric (or null) ``value``,
+    or whose ``row`` / ``seed`` contradict its folder (hand-edited, or copied from another run), is a
+    ``SuiteError`` naming the file; the returned ``row`` / ``seed`` are the folder's."""
+    from lightning_snn.suite.spec import SuiteError
+
+    path = Path(directory) / RESULT
+    fix = f"(valid: the file as the run wrote it; delete {path} and run `suite run` again to retrain the run)"
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SuiteError(f"{path}: not a readable result file: {one_line(e)} {fix}") from None
+    if not isinstance(res, dict):
+        raise SuiteError(f"{path}: not a result (a JSON {type(res).__name__}, not an object) {fix}")
+    for key, mine in (("row", row), ("seed", seed)):
+        if key in res and res[key] != mine:
+            raise SuiteError(f"{path}: its {key} field {res[key]!r} contradicts its folder ({key} {mine!r}) {fix}")
+    v = res.get("value")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise SuiteError(f"{path}: value {v!r} is not a number {fix}")
+    return {**res, "row": row, "seed": seed}
 BUSY_EXIT = 3  # exit status of `execute` when another launch holds the run's lock
 SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "limit_val_batches",
                    "limit_test_batches")

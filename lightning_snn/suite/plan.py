@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lightning_snn.errors import UsageError, one_line
-from lightning_snn.suite.execute import FAILED, RESULT, fit_args, is_locked, read_metrics, resume_checkpoint
+from lightning_snn.suite.execute import (
+    FAILED, RESULT, fit_args, is_locked, read_metrics, read_result, resume_checkpoint,
+)
 from lightning_snn.suite.spec import Options, Row, RunSpec, SuiteError
 
 # canonical training-split sizes: a smaller copy on disk (e.g. CIFAR-10's 20 test images) is not the data set
@@ -39,7 +41,9 @@ def check_row(row: Row, opts: Options, seed: int) -> RowCheck:
 
     run = RunSpec("check", row, seed)
     try:
-        cfg = check_args(fit_args(run, Options(root=Path(tempfile.gettempdir()), extra=opts.extra), 0))["fit"]
+        # built too (model and data module, no data read): a row's `--model.T=0` fails before any row trains
+        cfg = check_args(fit_args(run, Options(root=Path(tempfile.gettempdir()), extra=opts.extra), 0),
+                         build=True)["fit"]
     except UsageError as e:
         raise SuiteError(f"row {row.name!r} ({row.config.name}): {e}") from None
     if row.reference.protocol == "best_epoch" and int(cfg.data.val_size) != 0:
@@ -69,9 +73,12 @@ def run_state(run: RunSpec, opts: Options) -> tuple[str, str]:
     """``(state, detail)``: done, failed, running, interrupted (resumes from its checkpoint) or pending."""
     d = run.directory(opts.root)
     if (d / RESULT).is_file():
-        res = json.loads((d / RESULT).read_text())
+        try:
+            res = read_result(d, run.row.name, run.seed)
+        except SuiteError as e:  # one bad file is that run's state, not the end of the listing
+            return "invalid", str(e)
         v = res.get("value")
-        return "done", f"{res['metric']} {v:.2f}" if isinstance(v, (int, float)) else "no value"
+        return "done", f"{res.get('metric', '?')} {v:.2f}" if isinstance(v, (int, float)) else "no value"
     if is_locked(d):
         return "running", progress(d)
     if (d / FAILED).is_file():

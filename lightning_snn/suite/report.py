@@ -5,14 +5,13 @@ be rebuilt at any time from any launcher's runs."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from lightning_snn.suite.execute import RESULT
+from lightning_snn.suite.execute import RESULT, read_result
 from lightning_snn.suite.spec import Options, Reference, Suite
 
 RUN_COLUMNS = ["row", "seed", "metric", "protocol", "value", "final", "best", "best_epoch", "epochs",
@@ -42,7 +41,10 @@ def run_table(suite: Suite, opts: Options) -> pd.DataFrame:
     lines = []
     for row in suite.rows:
         for f in sorted((Path(opts.root) / suite.name / row.name).glob(f"seed*/{RESULT}")):
-            lines.append(json.loads(f.read_text()))
+            seed = f.parent.name.removeprefix("seed")
+            if not seed.isdigit():  # not a run's folder (e.g. "seed-1"): never a result
+                continue
+            lines.append(read_result(f.parent, row.name, int(seed)))  # identity from the folder
     return pd.DataFrame(lines, columns=RUN_COLUMNS)
 
 
@@ -131,9 +133,14 @@ def log_wandb(suite: Suite, rows: pd.DataFrame, runs: pd.DataFrame, png: Path, p
 def write_report(suite: Suite, opts: Options, out: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``results.csv``, ``results.md`` and ``results.png`` under ``out`` (default the suite's run
     folder) and return (rows, runs)."""
+    runs = run_table(suite, opts)
+    if runs.empty:  # nothing to report: say where it looked, create nothing
+        from lightning_snn.suite.spec import SuiteError
+
+        raise SuiteError(f"suite {suite.name}: no finished run under {Path(opts.root) / suite.name} "
+                         "(valid: --root where `suite run` wrote the runs, or `suite run` first)")
     out = Path(out or Path(opts.root) / suite.name)
     out.mkdir(parents=True, exist_ok=True)
-    runs = run_table(suite, opts)
     rows = row_table(suite, runs)
     runs.to_csv(out / "results.csv", index=False)
     from lightning_snn.suite.curves import write_curves  # rows with ``timesteps``: their curves
