@@ -163,7 +163,7 @@ def test_strategy_that_cannot_train_model_names_both():
         kind = "feedforward"
 
     with pytest.raises(ValueError, match=r"'feedback_only' cannot train model Net \(kind 'feedforward'\)"
-                       r".*supports \['feedback'\].*\['bptt', 'dsr', 'ottt_a', 'ottt_o', 'proxy', 'sltt'\]"):
+                       r".*supports \['feedback'\].*\['ann', 'bptt', 'dsr', 'ottt_a', 'ottt_o', 'proxy', 'sltt'\]"):
         FeedbackOnly(T=2).check_model(Net())
 
 
