@@ -1,7 +1,7 @@
 """Images per second of every data back end side by side, and the epoch time of two configs with each.
 
     python bench/loaders.py [--root data] [--images 20000] [--cifar-n 10000] [--train-batches 100]
-                            [--sets mnist,fashion_mnist,cifar10] [--no-epochs] [--no-synthetic-imagenet]
+                            [--sets mnist,fashion_mnist,cifar10] [--no-epochs] [--accelerator cpu]
 
 Part 1, loading: the training loader of ``VisionDataModule`` for each back end, exactly as a fit
 builds it (``torchvision`` with 0 and 2 worker processes, ``ffcv`` with 2, ``memory``), on MNIST and
@@ -134,7 +134,7 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
     run = tmp / f"run-{backend}-{workers}-{Path(config).stem}"
     cli_args = ["--config", str(ROOT / config), f"--data.root={args.root}", f"--data.backend={backend}",
                 f"--data.num_workers={workers}", f"--data.beton_dir={betons}", "--trainer.max_epochs=2",
-                "--trainer.limit_val_batches=0", "--test_after_fit=null", "--trainer.accelerator=cpu",
+                "--trainer.limit_val_batches=0", "--test_after_fit=null", f"--trainer.accelerator={args.accelerator}",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                 "--trainer.enable_checkpointing=false", "--trainer.logger=false",
                 f"--trainer.default_root_dir={run}", f"--checkpoint.dirpath={run / 'ckpt'}"]
@@ -154,7 +154,7 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
 
 def epochs(args: argparse.Namespace, tmp: Path, betons: Path) -> None:
     what = f"{args.train_batches} batches each, scaled to a full epoch" if args.train_batches else "whole epochs"
-    print(f"\n## Epoch time (s): second of two training epochs ({what}; CPU; {load()})")
+    print(f"\n## Epoch time (s): second of two training epochs ({what}; accelerator {args.accelerator}; {load()})")
     names = [b[0] for b in BACKENDS]
     print("| config | " + " | ".join(names) + " | memory / torchvision w2 | speed-up |")
     print("|---" * (len(names) + 3) + "|")
@@ -180,6 +180,7 @@ def main() -> None:
     p.add_argument("--cifar-n", type=int, default=10_000)
     p.add_argument("--train-batches", type=int, default=100, help="batches per timed epoch; 0 = whole epochs")
     p.add_argument("--no-epochs", action="store_true", help="only the loading table")
+    p.add_argument("--accelerator", default="cpu", help="of the timed epochs (cpu, gpu, auto)")
     args = p.parse_args()
     for name in ("images", "batch", "cifar_n"):
         if getattr(args, name) < 1:

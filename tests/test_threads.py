@@ -84,3 +84,28 @@ def test_the_cli_sets_the_threads_and_says_so(no_limits, data_root, caplog):
             in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+def test_dry_run_step_time_is_a_median_after_warm_up_with_threads_and_load(tmp_path, data_root):
+    """The plan's measurement: 12 steps timed after 3 warm-up ones, as the run's threads, with the
+    machine's load; each step's wall time bounds its CPU time per thread from above."""
+    import yaml
+
+    from lightning_snn.suite.plan import measure_step_seconds
+    from lightning_snn.suite.spec import Options, load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"description": "t", "seeds": [0], "rows": [{
+        "name": "mlp", "config": str(CONFIGS / "fmnist_mlp_bptt.yaml"), "overrides": [],
+        "reference": {"metric": "test/acc", "value": 80.0, "protocol": "final", "source": "test"}}]}))
+    extra = [f"--data.root={data_root}", "--data.num_workers=0", "--data.batch_size=16",
+             "--model.network_args={'hidden': [16]}", "--trainer.accelerator=cpu", "--threads=1"]
+    before = torch.get_num_threads()
+    try:
+        t = measure_step_seconds(load_suite(path).rows[0], Options(root=tmp_path / "runs", extra=extra), 0)
+    finally:
+        torch.set_num_threads(before)
+    assert t.steps == 12 and t.threads == 1 and t.cpus == len(os.sched_getaffinity(0))
+    assert 0 < t.cpu_seconds and 0 < t.seconds and all(x >= 0 for x in t.load)
+    assert t.cpu_seconds <= t.seconds * 1.5 + 0.01  # one thread (plus Python's own): CPU <= wall
+    assert "median of 12 steps, 1 threads, CPU time" in t.note() and "load" in t.note()

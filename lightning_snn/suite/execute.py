@@ -41,12 +41,15 @@ class RunStats(pl.Callback):
     (``steady_seconds``: the same without the first batch, which includes warm-up and compilation).
     ``loop_seconds`` are the whole training loop's seconds per step, one per step after the first
     (batch end to batch end: loading the batch, its transfer and transforms, the step): what an
-    epoch costs per step, the dry run's estimate."""
+    epoch costs per step, the dry run's estimate; ``loop_cpu_seconds`` the CPU time this process
+    spent in the same intervals (all its threads), which a loaded machine does not stretch."""
 
     def __init__(self) -> None:
         self.samples, self.seconds, self.steps, self.steady_seconds, self._t0 = 0, 0.0, 0, 0.0, 0.0
         self.loop_seconds: list[float] = []
+        self.loop_cpu_seconds: list[float] = []
         self._last_end: float | None = None
+        self._last_cpu = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_end = None  # validation between epochs is not a training step
@@ -61,9 +64,11 @@ class RunStats(pl.Callback):
             torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
         dt = now - self._t0
+        cpu = time.process_time()
         if self._last_end is not None:
             self.loop_seconds.append(now - self._last_end)
-        self._last_end = now
+            self.loop_cpu_seconds.append(cpu - self._last_cpu)
+        self._last_end, self._last_cpu = now, cpu
         self.seconds += dt
         self.steady_seconds += dt if self.steps else 0.0
         self.steps += 1

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
@@ -55,7 +56,8 @@ def data_status(data: Any) -> tuple[str | None, int | None]:
     from lightning_snn.data import VisionDataModule
 
     try:
-        dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
+        with quiet():  # the back end auto picks is said by the run, not by the plan
+            dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
         n = len(dm._open(train=True, augment=False, transform=False))
     except Exception as e:  # noqa: BLE001 - any reason the data cannot be read is "not here"
         return f"no data: {one_line(e)}", None
@@ -130,6 +132,7 @@ class StepTime:
     """A dry run's measurement of one row: the median of ``steps`` timed steps, and the conditions."""
 
     seconds: float  # median seconds per training step (loading, transforms and the step)
+    cpu_seconds: float  # median CPU seconds of this process per step (all its threads)
     device: str
     steps: int  # timed steps, after the warm-up ones
     threads: int  # torch intra-op threads the step ran with
@@ -138,7 +141,8 @@ class StepTime:
 
     def note(self) -> str:
         before, after = self.load
-        return (f"measured on {self.device}: median of {self.steps} steps, {self.threads} threads, "
+        cpu = f", CPU time {self.cpu_seconds:.3f} s/step" if self.device.startswith("cpu") else ""
+        return (f"measured on {self.device}: median of {self.steps} steps, {self.threads} threads{cpu}, "
                 f"load {before:.1f}->{after:.1f} on {self.cpus} CPUs")
 
 
@@ -184,8 +188,6 @@ def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, wa
     if not timed:
         raise SuiteError(f"row {row.name!r}: could not time a step after {warmup} warm-up steps "
                          f"({stats.steps} training batches)")
-    timed.sort()
-    mid = len(timed) // 2
-    median = timed[mid] if len(timed) % 2 else (timed[mid - 1] + timed[mid]) / 2
-    return StepTime(median, _device(cli.trainer)[0], len(timed), threads,
+    return StepTime(statistics.median(timed), statistics.median(stats.loop_cpu_seconds[warmup:]),
+                    _device(cli.trainer)[0], len(timed), threads,
                     (load_before, os.getloadavg()[0]), len(os.sched_getaffinity(0)))
