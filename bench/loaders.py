@@ -84,13 +84,15 @@ def loading(args: argparse.Namespace, betons: Path, synthetic: Path) -> None:
     sets = [(s, args.root, {}) for s in args.sets if s != "cifar10"]
     if "cifar10" in args.sets:
         sets.append(("cifar10", str(synthetic), {"verify_md5": False}))
-    names = [b[0] for b in BACKENDS]
+    names = [b[0] for b in BACKENDS if b[0] in args.backends]
     print("| data set | " + " | ".join(names) + " | memory / torchvision w2 |")
     print("|---" * (len(names) + 2) + "|")
     for dataset, root, extra in sets:
         shown = f"{dataset} (synthetic {args.cifar_n})" if dataset == "cifar10" else dataset
         row: dict[str, float | None] = {}
         for label, backend, workers in BACKENDS:
+            if label not in names:
+                continue
             if backend == "ffcv" and not ffcv_available():
                 row[label] = None
                 continue
@@ -103,7 +105,7 @@ def loading(args: argparse.Namespace, betons: Path, synthetic: Path) -> None:
             row[label] = rate(loader, args.images)
             del loader
         cells = [f"{row[n]:,.0f}" if row[n] else "n/a" for n in names]
-        ratio = row["memory"] / row["torchvision w2"] if row.get("torchvision w2") else float("nan")
+        ratio = row["memory"] / row["torchvision w2"] if row.get("memory") and row.get("torchvision w2") else float("nan")
         print(f"| {shown} | " + " | ".join(cells) + f" | {ratio:.1f}x |", flush=True)
 
 
@@ -117,17 +119,19 @@ class EpochTimer:
 
         class _Timer(pl.Callback):
             def on_train_epoch_start(self, trainer, module) -> None:
-                outer.t0 = time.perf_counter()
+                outer.t0, outer.cpu0 = time.perf_counter(), time.process_time()
 
             def on_train_epoch_end(self, trainer, module) -> None:
-                outer.epochs.append((time.perf_counter() - outer.t0, trainer.num_training_batches))
+                outer.epochs.append((time.perf_counter() - outer.t0, time.process_time() - outer.cpu0,
+                                     trainer.num_training_batches))
 
-        self.t0, self.epochs, self.callback = 0.0, [], _Timer()
+        self.t0, self.cpu0, self.epochs, self.callback = 0.0, 0.0, [], _Timer()
 
 
 def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace, tmp: Path,
-               betons: Path) -> tuple[float, int]:
-    """Seconds of the second training epoch (scaled to the config's full epoch) and batches in it."""
+               betons: Path) -> tuple[float, float, int]:
+    """Wall and CPU seconds (of this process; worker processes not counted) of the second training
+    epoch, scaled to the config's full epoch, and the batches of a full epoch."""
     from lightning_snn.cli import main
     from lightning_snn.suite.plan import quiet
 
@@ -148,26 +152,32 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         if full is None:
             full = len(cli.datamodule.train_dataloader())
-    seconds, batches = timer.epochs[-1]
-    return seconds * full / batches, full
+    seconds, cpu, batches = timer.epochs[-1]
+    return seconds * full / batches, cpu * full / batches, full
 
 
 def epochs(args: argparse.Namespace, tmp: Path, betons: Path) -> None:
     what = f"{args.train_batches} batches each, scaled to a full epoch" if args.train_batches else "whole epochs"
     print(f"\n## Epoch time (s): second of two training epochs ({what}; accelerator {args.accelerator}; {load()})")
     names = [b[0] for b in BACKENDS]
-    print("| config | " + " | ".join(names) + " | memory / torchvision w2 | speed-up |")
-    print("|---" * (len(names) + 3) + "|")
+    print("wall s (main-process CPU s; the CPU time a loaded machine does not stretch, w2 workers excluded)")
+    names = [b[0] for b in BACKENDS if b[0] in args.backends]
+    print("| config | " + " | ".join(names) + " | memory / torchvision w2 (wall) |")
+    print("|---" * (len(names) + 2) + "|")
     for title, config in CONFIGS.items():
-        row: dict[str, float | None] = {}
+        row: dict[str, tuple[float, float] | None] = {}
         for label, backend, workers in BACKENDS:
+            if label not in names:
+                continue
             if backend == "ffcv" and not ffcv_available():
                 row[label] = None
                 continue
-            row[label], _ = epoch_time(config, backend, workers, args, tmp, betons)
-        cells = [f"{row[n]:.1f}" if row[n] else "n/a" for n in names]
-        ratio = row["memory"] / row["torchvision w2"]
-        print(f"| {title} | " + " | ".join(cells) + f" | {ratio:.2f}x | {1 / ratio:.2f}x faster |", flush=True)
+            row[label] = epoch_time(config, backend, workers, args, tmp, betons)[:2]
+            print(f"  {title} {label}: {row[label][0]:.1f} s wall, {row[label][1]:.1f} s CPU", flush=True)
+        cells = [f"{row[n][0]:.1f} ({row[n][1]:.1f})" if row[n] else "n/a" for n in names]
+        ratio = (f"{row['memory'][0] / row['torchvision w2'][0]:.2f}x"
+                 if row.get("memory") and row.get("torchvision w2") else "n/a")
+        print(f"| {title} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
     print(f"({load()} at the end)")
 
 
@@ -180,8 +190,14 @@ def main() -> None:
     p.add_argument("--cifar-n", type=int, default=10_000)
     p.add_argument("--train-batches", type=int, default=100, help="batches per timed epoch; 0 = whole epochs")
     p.add_argument("--no-epochs", action="store_true", help="only the loading table")
+    p.add_argument("--no-loading", action="store_true", help="only the epoch table")
+    p.add_argument("--backends", default=",".join(b[0] for b in BACKENDS), type=lambda s: s.split(","),
+                   help="comma-separated labels of the back ends to compare")
     p.add_argument("--accelerator", default="cpu", help="of the timed epochs (cpu, gpu, auto)")
     args = p.parse_args()
+    unknown = set(args.backends) - {b[0] for b in BACKENDS}
+    if unknown:
+        p.error(f"--backends {','.join(sorted(unknown))} (valid: {', '.join(b[0] for b in BACKENDS)})")
     for name in ("images", "batch", "cifar_n"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} (valid: an integer >= 1)")
@@ -192,7 +208,8 @@ def main() -> None:
         synthetic = tmp / "synthetic"
         write_synthetic_cifar10(synthetic, args.cifar_n)
         betons = tmp / "betons"
-        loading(args, betons, synthetic)
+        if not args.no_loading:
+            loading(args, betons, synthetic)
         if not args.no_epochs:
             epochs(args, tmp, betons)
 
