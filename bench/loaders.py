@@ -140,7 +140,7 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
                 f"--data.num_workers={workers}", f"--data.beton_dir={betons}", "--trainer.max_epochs=2",
                 "--trainer.limit_val_batches=0", "--test_after_fit=null", f"--trainer.accelerator={args.accelerator}",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                "--trainer.enable_checkpointing=false", "--trainer.logger=false",
+                "--trainer.logger=false",
                 f"--trainer.default_root_dir={run}", f"--checkpoint.dirpath={run / 'ckpt'}"]
     if args.train_batches:
         cli_args.append(f"--trainer.limit_train_batches={args.train_batches}")

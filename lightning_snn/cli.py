@@ -173,7 +173,7 @@ class SNNCLI(LightningCLI):
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:
-            acc = self.config[self.subcommand].trainer.get("accelerator")
+            acc = (self.config[self.subcommand] if self.subcommand else self.config).trainer.get("accelerator")
             if not isinstance(acc, str) or acc in ("auto", "cpu") or "available" not in str(e).lower() \
                     and "no supported" not in str(e).lower():
                 raise
