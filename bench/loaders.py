@@ -147,11 +147,9 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
     timer = EpochTimer()
     with quiet():
         cli = main(cli_args, run=False)
-        full = len(cli.datamodule.data_train) // cli.datamodule.hparams.batch_size if backend != "ffcv" else None
         cli.trainer.callbacks.append(timer.callback)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        if full is None:
-            full = len(cli.datamodule.train_dataloader())
+        full = len(cli.trainer.train_dataloader)  # batches of a whole epoch (the limit is the trainer's)
     seconds, cpu, batches = timer.epochs[-1]
     return seconds * full / batches, cpu * full / batches, full
 
