@@ -1,98 +1,215 @@
-"""Images per second of the FFCV loader vs torchvision's DataLoader, same transforms and workers.
+"""Images per second of every data back end side by side, and the epoch time of two configs with each.
 
-    python bench/loaders.py [--n 5000] [--workers 2] [--epochs 3] [--out bench/results]
+    python bench/loaders.py [--root data] [--images 20000] [--cifar-n 10000] [--train-batches 100]
+                            [--sets mnist,fashion_mnist,cifar10] [--no-epochs] [--accelerator cpu]
 
-Two sets, both synthetic (random pixels: decode cost does not depend on content much):
-CIFAR-sized 32x32 raw RGB with crop-pad-4 + flip, and ImageNet-sized 256px JPEG (quality 90)
-with random-resized-crop 224 + flip. Both loaders normalise to float; the first epoch (FFCV's
-compilation, worker start-up) is reported separately from the steady-state mean of the rest.
+Part 1, loading: the training loader of ``VisionDataModule`` for each back end, exactly as a fit
+builds it (``torchvision`` with 0 and 2 worker processes, ``ffcv`` with 2, ``memory``), on MNIST and
+Fashion-MNIST (the real files under ``--root``) and a CIFAR-10-sized synthetic set (``--cifar-n``
+random 32x32 RGB images in CIFAR-10's file layout, crop-pad-4 + flip). Every loader yields float
+images normalised and augmented as training sees them; the memory loader does its batch transforms
+on the CPU here (under a trainer they run on the training device). Rates are images/s over
+``--images`` images, after one warm-up pass of the same length (FFCV's JIT compilation, worker
+start-up); FFCV's ``.beton`` files are written to a temporary folder first.
+
+Part 2, epoch time: one training epoch of the README demo (``configs/fmnist_mlp_bptt.yaml``) and of
+IDE F400 (``configs/ide/fmnist_f400_if_t5.yaml``) with each back end: ``fit`` for two epochs of
+``--train-batches`` batches, no validation; the second epoch's time (batch loading, transfer,
+transforms and steps), scaled to the full epoch of the config (``--train-batches 0``: whole epochs).
+
+The machine's load (``os.getloadavg``) and CPUs are printed with the numbers: on a shared machine
+they move with it; compare the back ends of one run, not runs of different moments.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import os
+import pickle
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from lightning_snn.data.ffcv import ffcv_loader, write_beton
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from lightning_snn.data import VisionDataModule  # noqa: E402
+from lightning_snn.data.ffcv import ffcv_available  # noqa: E402
 
-
-class RandomImages(Dataset):
-    """``n`` random RGB images of ``size`` px, as PIL images (optionally JPEG round-tripped)."""
-
-    def __init__(self, n: int, size: int, jpeg: bool, transform=None) -> None:
-        rng = np.random.default_rng(0)
-        self.images = []
-        for _ in range(n):
-            arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            if jpeg:  # store encoded bytes, like an ImageFolder of JPEG files
-                buf = io.BytesIO()
-                Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-                self.images.append(buf.getvalue())
-            else:
-                self.images.append(arr)
-        self.labels = rng.integers(0, 10, n)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        img = self.images[i]
-        img = Image.open(io.BytesIO(img)).convert("RGB") if isinstance(img, bytes) else Image.fromarray(img)
-        return (self.transform(img) if self.transform else img), int(self.labels[i])
+# (label, backend, num_workers)
+BACKENDS = [("torchvision w0", "torchvision", 0), ("torchvision w2", "torchvision", 2),
+            ("ffcv w2", "ffcv", 2), ("memory", "memory", 0)]
+CONFIGS = {"README demo (fmnist_mlp_bptt)": "configs/fmnist_mlp_bptt.yaml",
+           "IDE F400 (fmnist_f400_if_t5)": "configs/ide/fmnist_f400_if_t5.yaml"}
 
 
-def rate(loader, epochs: int) -> tuple[float, float]:
-    speeds = []
-    for _ in range(epochs):
-        n, t0 = 0, time.perf_counter()
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} CPUs"
+
+
+def write_synthetic_cifar10(root: Path, n: int) -> None:
+    """CIFAR-10's python layout with ``n`` random training and ``n // 5`` test images (SYNTHETIC)."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    per = -(-n // 5)
+    for i in range(5):
+        m = min(per, n - i * per)
+        pickle.dump({"data": rng.integers(0, 256, (m, 3072), dtype=np.uint8),
+                     "labels": rng.integers(0, 10, m).tolist()}, open(folder / f"data_batch_{i + 1}", "wb"))
+    m = max(1, n // 5)
+    pickle.dump({"data": rng.integers(0, 256, (m, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, m).tolist()}, open(folder / "test_batch", "wb"))
+    pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, open(folder / "batches.meta", "wb"))
+
+
+def rate(loader, images: int) -> float:
+    """Images/s of the loader over ``images`` images (starting new passes as needed)."""
+    n, t0 = 0, time.perf_counter()
+    while n < images:
         for x, _ in loader:
             n += x.shape[0]
-        speeds.append(n / (time.perf_counter() - t0))
-    return speeds[0], float(np.mean(speeds[1:])) if len(speeds) > 1 else speeds[0]
+            if n >= images:
+                break
+    return n / (time.perf_counter() - t0)
+
+
+def loading(args: argparse.Namespace, betons: Path, synthetic: Path) -> None:
+    print(f"\n## Loading: training loader, batch {args.batch}, images/s ({args.images} images after a "
+          f"warm-up of as many; {load()}; torch threads {torch.get_num_threads()})")
+    sets = [(s, args.root, {}) for s in args.sets if s != "cifar10"]
+    if "cifar10" in args.sets:
+        sets.append(("cifar10", str(synthetic), {"verify_md5": False}))
+    names = [b[0] for b in BACKENDS if b[0] in args.backends]
+    print("| data set | " + " | ".join(names) + " | memory / torchvision w2 |")
+    print("|---" * (len(names) + 2) + "|")
+    for dataset, root, extra in sets:
+        shown = f"{dataset} (synthetic {args.cifar_n})" if dataset == "cifar10" else dataset
+        row: dict[str, float | None] = {}
+        for label, backend, workers in BACKENDS:
+            if label not in names:
+                continue
+            if backend == "ffcv" and not ffcv_available():
+                row[label] = None
+                continue
+            dm = VisionDataModule(dataset, root=root, batch_size=args.batch, num_workers=workers,
+                                  backend=backend, beton_dir=str(betons), **extra)
+            dm.prepare_data()
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            rate(loader, args.images)  # warm-up: workers, JIT, caches
+            row[label] = rate(loader, args.images)
+            del loader
+        cells = [f"{row[n]:,.0f}" if row[n] else "n/a" for n in names]
+        ratio = row["memory"] / row["torchvision w2"] if row.get("memory") and row.get("torchvision w2") else float("nan")
+        print(f"| {shown} | " + " | ".join(cells) + f" | {ratio:.1f}x |", flush=True)
+
+
+class EpochTimer:
+    """Lightning callback: wall seconds and batches of every training epoch."""
+
+    def __init__(self) -> None:
+        import pytorch_lightning as pl
+
+        outer = self
+
+        class _Timer(pl.Callback):
+            def on_train_epoch_start(self, trainer, module) -> None:
+                outer.t0, outer.cpu0 = time.perf_counter(), time.process_time()
+
+            def on_train_epoch_end(self, trainer, module) -> None:
+                outer.epochs.append((time.perf_counter() - outer.t0, time.process_time() - outer.cpu0,
+                                     trainer.num_training_batches))
+
+        self.t0, self.cpu0, self.epochs, self.callback = 0.0, 0.0, [], _Timer()
+
+
+def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace, tmp: Path,
+               betons: Path) -> tuple[float, float, int]:
+    """Wall and CPU seconds (of this process; worker processes not counted) of the second training
+    epoch, scaled to the config's full epoch, and the batches of a full epoch."""
+    from lightning_snn.cli import main
+    from lightning_snn.suite.plan import quiet
+
+    run = tmp / f"run-{backend}-{workers}-{Path(config).stem}"
+    cli_args = ["--config", str(ROOT / config), f"--data.root={args.root}", f"--data.backend={backend}",
+                f"--data.num_workers={workers}", f"--data.beton_dir={betons}", "--trainer.max_epochs=2",
+                "--trainer.limit_val_batches=0", "--test_after_fit=null", f"--trainer.accelerator={args.accelerator}",
+                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                "--trainer.logger=false",
+                f"--trainer.default_root_dir={run}", f"--checkpoint.dirpath={run / 'ckpt'}"]
+    if args.train_batches:
+        cli_args.append(f"--trainer.limit_train_batches={args.train_batches}")
+    timer = EpochTimer()
+    with quiet():
+        cli = main(cli_args, run=False)
+        cli.trainer.callbacks.append(timer.callback)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        full = len(cli.trainer.train_dataloader)  # batches of a whole epoch (the limit is the trainer's)
+    seconds, cpu, batches = timer.epochs[-1]
+    return seconds * full / batches, cpu * full / batches, full
+
+
+def epochs(args: argparse.Namespace, tmp: Path, betons: Path) -> None:
+    what = f"{args.train_batches} batches each, scaled to a full epoch" if args.train_batches else "whole epochs"
+    print(f"\n## Epoch time (s): second of two training epochs ({what}; accelerator {args.accelerator}; {load()})")
+    names = [b[0] for b in BACKENDS]
+    print("wall s (main-process CPU s; the CPU time a loaded machine does not stretch, w2 workers excluded)")
+    names = [b[0] for b in BACKENDS if b[0] in args.backends]
+    print("| config | " + " | ".join(names) + " | memory / torchvision w2 (wall) |")
+    print("|---" * (len(names) + 2) + "|")
+    for title, config in CONFIGS.items():
+        row: dict[str, tuple[float, float] | None] = {}
+        for label, backend, workers in BACKENDS:
+            if label not in names:
+                continue
+            if backend == "ffcv" and not ffcv_available():
+                row[label] = None
+                continue
+            row[label] = epoch_time(config, backend, workers, args, tmp, betons)[:2]
+            print(f"  {title} {label}: {row[label][0]:.1f} s wall, {row[label][1]:.1f} s CPU", flush=True)
+        cells = [f"{row[n][0]:.1f} ({row[n][1]:.1f})" if row[n] else "n/a" for n in names]
+        ratio = (f"{row['memory'][0] / row['torchvision w2'][0]:.2f}x"
+                 if row.get("memory") and row.get("torchvision w2") else "n/a")
+        print(f"| {title} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
+    print(f"({load()} at the end)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--root", default=str(ROOT / "data"))
+    p.add_argument("--sets", default="mnist,fashion_mnist,cifar10", type=lambda s: s.split(","))
+    p.add_argument("--images", type=int, default=20_000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--cifar-n", type=int, default=10_000)
+    p.add_argument("--train-batches", type=int, default=100, help="batches per timed epoch; 0 = whole epochs")
+    p.add_argument("--no-epochs", action="store_true", help="only the loading table")
+    p.add_argument("--no-loading", action="store_true", help="only the epoch table")
+    p.add_argument("--backends", default=",".join(b[0] for b in BACKENDS), type=lambda s: s.split(","),
+                   help="comma-separated labels of the back ends to compare")
+    p.add_argument("--accelerator", default="cpu", help="of the timed epochs (cpu, gpu, auto)")
     args = p.parse_args()
-    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-    cases = {
-        "cifar 32px raw": dict(size=32, jpeg=False, pipeline="cifar", write_mode="raw",
-                               tv=[v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]),
-        "imagenet 256px jpeg": dict(size=256, jpeg=True, pipeline="imagenet", write_mode="jpg",
-                                    tv=[v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]),
-    }
-    print(f"n={args.n} workers={args.workers} batch={args.batch} threads={torch.get_num_threads()}")
-    print(f"{'set':>20} | {'loader':>11} | {'1st epoch img/s':>15} | {'steady img/s':>12}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, c in cases.items():
-            raw = RandomImages(args.n, c["size"], c["jpeg"])
-            path = write_beton(raw, Path(tmp) / f"{c['pipeline']}.beton", write_mode=c["write_mode"],
-                               jpeg_quality=90, num_workers=args.workers)
-            ffcv = ffcv_loader(path, pipeline=c["pipeline"], train=True, batch_size=args.batch,
-                               mean=MEAN, std=STD, num_workers=args.workers, resolution=224)
-            raw.transform = v2.Compose([c["tv"][0], c["tv"][1], *norm])
-            tv = DataLoader(raw, batch_size=args.batch, shuffle=True, drop_last=True,
-                            num_workers=args.workers, persistent_workers=True)
-            res = {"ffcv": rate(ffcv, args.epochs), "torchvision": rate(tv, args.epochs)}
-            for loader, (first, steady) in res.items():
-                print(f"{name:>20} | {loader:>11} | {first:15.0f} | {steady:12.0f}", flush=True)
-            print(f"{name:>20} | ffcv / torchvision steady-state ratio: {res['ffcv'][1] / res['torchvision'][1]:.2f}")
+    unknown = set(args.backends) - {b[0] for b in BACKENDS}
+    if unknown:
+        p.error(f"--backends {','.join(sorted(unknown))} (valid: {', '.join(b[0] for b in BACKENDS)})")
+    for name in ("images", "batch", "cifar_n"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)} (valid: an integer >= 1)")
+    print(f"bench/loaders.py: torch {torch.__version__}, {load()}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, FFCV {'yes' if ffcv_available() else 'not installed'}")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        synthetic = tmp / "synthetic"
+        write_synthetic_cifar10(synthetic, args.cifar_n)
+        betons = tmp / "betons"
+        if not args.no_loading:
+            loading(args, betons, synthetic)
+        if not args.no_epochs:
+            epochs(args, tmp, betons)
 
 
 if __name__ == "__main__":

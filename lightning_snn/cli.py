@@ -31,6 +31,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from lightning_snn.checkpoints import (
     AtomicCheckpointIO, CheckpointError, TrainingInterrupted, best_and_resume_callbacks, check_data_settings,
@@ -122,6 +123,11 @@ class SNNCLI(LightningCLI):
                  "ANN activation over 5 validation batches (DSR's hybrid recipe, lightning_snn.calibrate)",
         )
         parser.add_argument(
+            "--threads", type=Optional[int], default=None,
+            help="torch intra-op threads of this process (default: the CPUs it may use: affinity, "
+                 "SLURM_CPUS_PER_TASK, Ray's resources, LSNN_CPUS, OMP_NUM_THREADS; env LSNN_NUM_THREADS)",
+        )
+        parser.add_argument(
             "--allow_other_data", type=bool, default=False,
             help="test / validate / report a --ckpt_path on another data set than it was trained on",
         )
@@ -150,6 +156,7 @@ class SNNCLI(LightningCLI):
             self._ckpt_hparams, self._ckpt_data = ckpt.get("hyper_parameters"), stored_data_settings(ckpt)
 
     def after_instantiate_classes(self) -> None:
+        self._set_threads(self.trainer)
         if self.subcommand is None:
             return
         self._check_checkpoint_matches_model()
@@ -178,12 +185,27 @@ class SNNCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
+    def _set_threads(self, trainer: pl.Trainer) -> None:
+        """torch's threads to this process's CPUs (``threads``), said in the log; DDP ranks on one
+        machine share its CPUs (a SLURM task has its own ``SLURM_CPUS_PER_TASK``)."""
+        import os
+
+        from lightning_snn.threads import set_intra_op_threads
+
+        processes = 1 if os.environ.get("SLURM_CPUS_PER_TASK") else max(1, int(trainer.num_devices))
+        try:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            line = set_intra_op_threads(config.get("threads"), processes)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        rank_zero_info(line)
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer; an accelerator this machine lacks is named with what would work."""
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:
-            acc = self.config[self.subcommand].trainer.get("accelerator")
+            acc = (self.config[self.subcommand] if self.subcommand else self.config).trainer.get("accelerator")
             if not isinstance(acc, str) or acc in ("auto", "cpu") or "available" not in str(e).lower() \
                     and "no supported" not in str(e).lower():
                 raise

@@ -86,6 +86,13 @@ class BatchTransform:
                  flip: bool = False, cutout: bool = False) -> None:
         self.mean, self.std = tuple(mean), tuple(std)
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
+        self._stats: dict[torch.device, tuple[Tensor, Tensor]] = {}  # mean, std on each device used
+
+    def _mean_std(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._stats:
+            self._stats[device] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                   torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return self._stats[device]
 
     @property
     def augments(self) -> bool:
@@ -144,8 +151,7 @@ class BatchTransform:
                            rows[:, None, :, None], cols[:, None, None, :]]
             if self.flip:
                 x = torch.where(params[:, 2].bool()[:, None, None, None], x.flip(-1), x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._mean_std(x.device)
         out = x.float().mul_(1.0 / 255).sub_(mean).div_(std)  # the ops of ToDtype(scale=True) + Normalize
         if augment and self.cutout:  # zero = the data set mean after normalisation
             h, w = out.shape[-2:]

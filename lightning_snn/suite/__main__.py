@@ -132,7 +132,8 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
             todo.append(r)
         lines.append((r, state, detail))
     if ns.dry_run:
-        print_plan(suite, lines, checks, opts, measure=not ns.no_measure, launcher=ns.launcher)
+        print_plan(suite, lines, checks, opts, measure=not ns.no_measure, launcher=ns.launcher,
+                   parallel=ns.parallel)
         if ns.launcher == "slurm" and todo:
             launchers.run_slurm(suite, todo, opts, slurm, dry_run=True)
         return 0
@@ -170,7 +171,8 @@ def _slurm_options(ns: argparse.Namespace) -> "SlurmOptions":
                         ns.max_concurrent, validate.signal_lead(ns.signal_lead, limit), list(ns.sbatch))
 
 
-def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: bool, launcher: str) -> None:
+def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: bool, launcher: str,
+               parallel: int = 1) -> None:
     """Per row: its runs by state, the devices of one run, the steps of one run, the measured time
     of a step, and the estimated device-hours of the runs left to train."""
     import pandas as pd
@@ -195,9 +197,10 @@ def print_plan(suite: Suite, lines: list, checks: dict, opts: Options, measure: 
         elif not todo:
             timing, hours = "nothing left to train", 0.0
         else:
-            sec, device = plan.measure_step_seconds(mine[0][0].row, opts, mine[0][0].seed)
-            seconds, timing = sec, f"measured on {device}"
-            hours = todo * steps * sec * int(t.devices if isinstance(t.devices, int) else 1) / 3600.0
+            measured = plan.measure_step_seconds(mine[0][0].row, opts, mine[0][0].seed,
+                                                 parallel=parallel if launcher == "local" else 1)
+            seconds, timing = measured.seconds, measured.note()
+            hours = todo * steps * seconds * int(t.devices if isinstance(t.devices, int) else 1) / 3600.0
             total += hours
         table.append({"row": name, "runs": len(mine), **{k: int(v) for k, v in states.items()},
                       "devices/run": f"{t.accelerator}:{t.devices}", "steps/run": steps if steps is not None else "-",

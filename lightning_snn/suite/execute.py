@@ -63,10 +63,21 @@ SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches",
 
 class RunStats(pl.Callback):
     """Training throughput of this start: samples per second over the training batches only
-    (``steady_seconds``: the same without the first batch, which includes warm-up and compilation)."""
+    (``steady_seconds``: the same without the first batch, which includes warm-up and compilation).
+    ``loop_seconds`` are the whole training loop's seconds per step, one per step after the first
+    (batch end to batch end: loading the batch, its transfer and transforms, the step): what an
+    epoch costs per step, the dry run's estimate; ``loop_cpu_seconds`` the CPU time this process
+    spent in the same intervals (all its threads), which a loaded machine does not stretch."""
 
     def __init__(self) -> None:
         self.samples, self.seconds, self.steps, self.steady_seconds, self._t0 = 0, 0.0, 0, 0.0, 0.0
+        self.loop_seconds: list[float] = []
+        self.loop_cpu_seconds: list[float] = []
+        self._last_end: float | None = None
+        self._last_cpu = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_end = None  # validation between epochs is not a training step
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -76,7 +87,13 @@ class RunStats(pl.Callback):
                            batch: Any, batch_idx: int) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
-        dt = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        dt = now - self._t0
+        cpu = time.process_time()
+        if self._last_end is not None:
+            self.loop_seconds.append(now - self._last_end)
+            self.loop_cpu_seconds.append(cpu - self._last_cpu)
+        self._last_end, self._last_cpu = now, cpu
         self.seconds += dt
         self.steady_seconds += dt if self.steps else 0.0
         self.steps += 1
@@ -310,6 +327,9 @@ def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> di
         "trainer": ran, "planned": planned, "shortened": ran != planned, "wall_s": wall_s, "device": kind, "devices": count,
         "device_hours": wall_s * count / 3600.0, "peak_memory_gb": peak, "peak_memory_kind": peak_kind,
         "images_per_s": stats.samples / stats.seconds if stats and stats.seconds else None,
+        "loop_images_per_s": (stats.samples / stats.steps * len(stats.loop_seconds) / sum(stats.loop_seconds)
+                              if stats and stats.loop_seconds else None),
+        "threads": torch.get_num_threads(),
         "sops_per_sample": totals.get("sops"),
         "energy_uj_per_sample": totals["snn_energy_pj"] * 1e-6 if "snn_energy_pj" in totals else None,
         "commit": source_commit(), "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(),

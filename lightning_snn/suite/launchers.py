@@ -38,12 +38,27 @@ def outcome(run: RunSpec, opts: Options, code: int | None = None) -> tuple[str, 
     return state, f"{run.key}: stopped (exit {code}); `suite run` again resumes it from its checkpoint"
 
 
+def child_cpu_env(parallel: int) -> dict[str, str]:
+    """The environment of ``parallel`` concurrent children: each may use its share of this
+    process's CPUs (``LSNN_CPUS``, read by ``lightning_snn.threads``); one child has them all."""
+    import os
+
+    from lightning_snn.threads import CPUS_ENV, intra_op_threads
+
+    env = dict(os.environ)
+    if parallel > 1:
+        cpus, _ = intra_op_threads(processes=1)
+        env[CPUS_ENV] = str(max(1, cpus // parallel))
+    return env
+
+
 def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 1) -> int:
     """Each run in a child process, ``parallel`` at a time, a run that starts from another
     (``init_from``) after that one ended; its output goes to ``<run dir>/run.log``.
     Returns 0 when every run is done, else 1."""
     pending = list(runs)
     active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
+    env = child_cpu_env(parallel)
     ok = True
 
     def ready(run: RunSpec) -> bool:  # its source run (init_from), if launched here, has ended
@@ -59,7 +74,7 @@ def run_local(suite: Suite, runs: list[RunSpec], opts: Options, parallel: int = 
             log = open(d / "run.log", "a")
             print(f"{run.key}: started (log {d / 'run.log'})", flush=True)
             active.append((run, subprocess.Popen(execute_command(suite, run, opts), stdout=log,
-                                                  stderr=subprocess.STDOUT), log))
+                                                  stderr=subprocess.STDOUT, env=env), log))
         time.sleep(0.2)
         for item in [a for a in active if a[1].poll() is not None]:
             run, proc, log = item

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
@@ -59,7 +60,8 @@ def data_status(data: Any) -> tuple[str | None, int | None]:
     from lightning_snn.data import VisionDataModule
 
     try:
-        dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
+        with quiet():  # the back end auto picks is said by the run, not by the plan
+            dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
         n = len(dm._open(train=True, augment=False, transform=False))
     except Exception as e:  # noqa: BLE001 - any reason the data cannot be read is "not here"
         return f"no data: {one_line(e)}", None
@@ -132,25 +134,67 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 6) -> tuple[float, str]:
-    """Seconds per training step of ``row`` on this machine: ``steps`` real steps of its own ``fit``
-    (the first one, warm-up and compilation, not counted) in a scratch directory."""
+@dataclass
+class StepTime:
+    """A dry run's measurement of one row: the median of ``steps`` timed steps, and the conditions."""
+
+    seconds: float  # median seconds per training step (loading, transforms and the step)
+    cpu_seconds: float  # median CPU seconds of this process per step (all its threads)
+    device: str
+    steps: int  # timed steps, after the warm-up ones
+    threads: int  # torch intra-op threads the step ran with
+    load: tuple[float, float]  # the machine's 1-minute load average before and after
+    cpus: int  # CPUs this process may use (affinity)
+
+    def note(self) -> str:
+        before, after = self.load
+        cpu = f", CPU time {self.cpu_seconds:.3f} s/step" if self.device.startswith("cpu") else ""
+        return (f"measured on {self.device}: median of {self.steps} steps, {self.threads} threads{cpu}, "
+                f"load {before:.1f}->{after:.1f} on {self.cpus} CPUs")
+
+
+def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, warmup: int = 3,
+                         parallel: int = 1) -> StepTime:
+    """Seconds per training step of ``row`` on this machine: ``warmup + steps`` real steps of its own
+    ``fit`` in a scratch directory, with the threads its run will have (``parallel`` runs at a time
+    share the CPUs, ``lightning_snn.threads``); the median of the steps after the warm-up ones
+    (compilation, allocator, caches), timed batch end to batch end as an epoch spends them."""
+    import os
+
     import pytorch_lightning as pl
+    import torch
 
     from lightning_snn.cli import main
-    from lightning_snn.suite.execute import RunStats
+    from lightning_snn.suite.execute import RunStats, _device
+    from lightning_snn.threads import CPUS_ENV, intra_op_threads
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = RunSpec("measure", row, seed)
-        args = fit_args(run, Options(root=Path(tmp), extra=opts.extra), 0)
-        args += [f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--test_after_fit=null",
-                 "--trainer.enable_model_summary=false"]
-        pl.seed_everything(seed, verbose=False)
-        with quiet():
-            cli = main(args, save_config_kwargs={"overwrite": True})
-        stats = next(c for c in cli.trainer.callbacks if isinstance(c, RunStats))
-        if stats.steps <= 1:
-            raise SuiteError(f"row {row.name!r}: could not time a step (no training batches)")
-        from lightning_snn.suite.execute import _device
-
-        return stats.steady_seconds / (stats.steps - 1), _device(cli.trainer)[0]
+    if steps < 1 or warmup < 1:
+        raise ValueError(f"steps {steps}, warmup {warmup} (valid: both >= 1)")
+    saved_env = os.environ.get(CPUS_ENV)
+    if parallel > 1:
+        os.environ[CPUS_ENV] = str(max(1, intra_op_threads()[0] // parallel))
+    load_before = os.getloadavg()[0]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = RunSpec("measure", row, seed)
+            args = fit_args(run, Options(root=Path(tmp), extra=opts.extra), 0)
+            args += [f"--trainer.max_steps={warmup + steps + 1}", "--trainer.limit_val_batches=0",
+                     "--test_after_fit=null", "--trainer.enable_model_summary=false"]
+            pl.seed_everything(seed, verbose=False)
+            with quiet():
+                cli = main(args, save_config_kwargs={"overwrite": True})
+            threads = torch.get_num_threads()
+    finally:
+        if parallel > 1:
+            if saved_env is None:
+                os.environ.pop(CPUS_ENV, None)
+            else:
+                os.environ[CPUS_ENV] = saved_env
+    stats = next(c for c in cli.trainer.callbacks if isinstance(c, RunStats))
+    timed = stats.loop_seconds[warmup:]  # loop_seconds starts after the first step
+    if not timed:
+        raise SuiteError(f"row {row.name!r}: could not time a step after {warmup} warm-up steps "
+                         f"({stats.steps} training batches)")
+    return StepTime(statistics.median(timed), statistics.median(stats.loop_cpu_seconds[warmup:]),
+                    _device(cli.trainer)[0], len(timed), threads,
+                    (load_before, os.getloadavg()[0]), len(os.sched_getaffinity(0)))
