@@ -1,6 +1,6 @@
 """A suite's results table: every run's result file -> ``results.csv`` (one line per run) and
-``results.md`` (per row: mean ± std over seeds next to the paper's value ± std, the difference, a
-verdict), a PNG, and optionally a W&B summary run. It only reads the runs' result files, so it can
+``results.md`` (per row: mean ± std over seeds next to the paper's value ± std and its grade, the
+difference, a verdict), a PNG, and optionally a W&B summary run. It only reads the runs' result files, so it can
 be rebuilt at any time from any launcher's runs."""
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ def verdict(mean: float | None, std: float | None, n: int, ref: Reference, any_s
     return "below" if (mean < ref.value) != lower_is_better else "above"
 
 
+def graded_verdict(plain: str, ref: Reference) -> str:
+    """``plain`` with `` (provisional)`` appended where it compares against a value that only one
+    later source gives or that sources disagree on (``Reference.provisional``)."""
+    if ref.provisional and plain in ("reproduced", "below", "above"):
+        return f"{plain} (provisional)"
+    return plain
+
+
 def run_table(suite: Suite, opts: Options) -> pd.DataFrame:
     """One line per finished run of the suite's rows."""
     lines = []
@@ -58,9 +66,9 @@ def row_table(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
         std = float(values.std(ddof=1)) if n > 1 else (0.0 if n == 1 else None)
         out.append({
             "row": row.name, "metric": ref.metric, "protocol": ref.protocol, "n": n, "mean": mean, "std": std,
-            "paper": ref.value, "paper_std": ref.std, "paper_n": ref.seeds,
+            "paper": ref.value, "paper_std": ref.std, "paper_n": ref.seeds, "grade": ref.grade,
             "diff": mean - ref.value if mean is not None and ref.value is not None else None,
-            "verdict": verdict(mean, std, n, ref, bool(mine["shortened"].any())),
+            "verdict": graded_verdict(verdict(mean, std, n, ref, bool(mine["shortened"].any())), ref),
             "device_hours": float(mine["device_hours"].sum()) if n else None,
             "source": ref.source,
         })
@@ -81,6 +89,7 @@ def markdown(suite: Suite, rows: pd.DataFrame, runs: pd.DataFrame) -> str:
         "n": rows["n"],
         "paper": [_pm(m, s) if m is not None and not pd.isna(m) else "unknown"
                   for m, s in zip(rows["paper"], rows["paper_std"])],
+        "grade": [g if isinstance(g, str) else "-" for g in rows["grade"]],
         "diff": [f"{d:+.2f}" if d is not None and not pd.isna(d) else "-" for d in rows["diff"]],
         "verdict": rows["verdict"],
         "device-hours": [f"{h:.3f}" if h is not None and not pd.isna(h) else "-" for h in rows["device_hours"]],
@@ -89,7 +98,11 @@ def markdown(suite: Suite, rows: pd.DataFrame, runs: pd.DataFrame) -> str:
     head = (f"# Suite `{suite.name}`\n\n{suite.description}\n\n"
             f"{len(runs)} runs finished; devices: {devices}. Accuracies in percent; `ours` is the mean ± "
             "sample std over seeds of the row's metric under the row's protocol (`final`: the final "
-            "weights on the test split; `best_epoch`: the best epoch of the test curve).\n\n")
+            "weights on the test split; `best_epoch`: the best epoch of the test curve). `grade`: how far the "
+            "paper's value can be trusted (`primary`: the authors' README, code or abstract; `secondary`: "
+            "reprinted identically by two or more later sources; `single-source`: one later source; "
+            "`conflict`: sources disagree); a verdict against a `single-source` or `conflict` value is "
+            "provisional.\n\n")
     return head + shown.to_markdown(index=False) + "\n"
 
 
