@@ -12,7 +12,7 @@ import math
 import pickle
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from lightning_snn.checkpoints import check_data_settings
 from lightning_snn.data.beton_identity import Expected, check_contents
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
 from lightning_snn.data.gesture import dvs128_gesture
+from lightning_snn.data.synthetic import synthetic_events, synthetic_images
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
 from lightning_snn.errors import DataFileError, UsageError
@@ -137,6 +138,13 @@ for _name, _spec in {
                                   events=EventFormat((128, 128, 2), "number")),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
+# random inputs of a data set's shapes through its own transforms, no files (lightning_snn.data.synthetic;
+# the memory suite): ``synthetic_<name>``, read from any existing ``root``
+for _name in ("cifar10", "imagenet", "cifar10_dvs", "dvs128_gesture"):
+    _real = DATASETS.build(_name)
+    _reader = (synthetic_events(_real.events.sensor_size, _real.num_classes) if _real.events
+               else synthetic_images(_real.input_shape, _real.num_classes))
+    DATASETS.register(f"synthetic_{_name}")(lambda _s=replace(_real, cls=_reader, folder="."): _s)
 
 
 # settings that define a training run (besides normalisation and event frames, see run_settings)

@@ -15,10 +15,16 @@ optional command-line overrides) and the paper's reference for it::
           value: 90.04                            # null: the paper's value is not known
           std: 0.09                               # null: not reported
           seeds: 5                                # runs the paper averaged (null: not stated)
-          protocol: final                         # final | best_epoch
+          protocol: final                         # final | best_epoch | measured (memory rows)
           grade: primary                          # how far the value can be trusted (below)
           source: "Xiao et al., NeurIPS 2021 (IDE), Table 1"
           note: "..."                             # optional
+          time: 6.35                              # optional: the paper's training time (ratio rows)
+        baseline: other_row                       # optional: report this row as a ratio to that one
+
+A row with a ``baseline`` (the ``memory`` suite's) is reported as ratios to that row: ours (our
+mean over its mean) next to the paper's (``value`` over the baseline's ``value``, ``time`` over its
+``time``); its verdict is whether ours is at or below the paper's memory ratio.
 
 A reference value carries a ``grade``: ``primary`` (the authors' README, code or abstract),
 ``secondary`` (reprinted identically by two or more independent later sources), ``single-source``
@@ -41,7 +47,7 @@ from typing import Any, Literal
 from lightning_snn.errors import UsageError
 
 SUITES_DIR = Path("configs") / "suites"
-PROTOCOLS = ("final", "best_epoch")
+PROTOCOLS = ("final", "best_epoch", "measured")
 GRADES = ("primary", "secondary", "single-source", "conflict")
 PROVISIONAL_GRADES = frozenset({"single-source", "conflict"})
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -63,6 +69,7 @@ class Reference:
     source: str = ""
     note: str = ""
     grade: Literal["primary", "secondary", "single-source", "conflict"] | None = None
+    time: float | None = None  # the paper's training time (any unit; memory rows compare its ratio)
 
     @property
     def provisional(self) -> bool:
@@ -79,6 +86,7 @@ class Row:
     overrides: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: Reference
+    baseline: str | None = None  # a row of the same suite this one is compared with as a ratio
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ def _number(where: str, value: Any, positive: bool = False) -> float | None:
 
 
 def _reference(where: str, data: Any) -> Reference:
-    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note", "grade"},
+    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note", "grade", "time"},
               {"metric", "value", "protocol", "source"})
     if d["protocol"] not in PROTOCOLS:
         raise SuiteError(f"{where}.protocol {d['protocol']!r} (valid: {', '.join(PROTOCOLS)})")
@@ -180,7 +188,7 @@ def _reference(where: str, data: Any) -> Reference:
     return Reference(metric=str(d["metric"]), value=_number(f"{where}.value", d["value"]),
                      std=_number(f"{where}.std", d.get("std"), positive=True), seeds=seeds,
                      protocol=d["protocol"], source=str(d["source"]), note=str(d.get("note") or ""),
-                     grade=grade)
+                     grade=grade, time=_number(f"{where}.time", d.get("time"), positive=True))
 
 
 def load_suite(suite: str | Path) -> Suite:
@@ -198,7 +206,8 @@ def load_suite(suite: str | Path) -> Suite:
     rows: list[Row] = []
     for i, item in enumerate(top["rows"]):
         where = f"{path} row {i + 1}"
-        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference"}, {"name", "config", "reference"})
+        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "baseline"},
+                  {"name", "config", "reference"})
         name = d["name"]
         where = f"{path} row {name!r}"
         if not isinstance(name, str) or not _NAME.match(name):
@@ -218,7 +227,16 @@ def load_suite(suite: str | Path) -> Suite:
             seeds = default_seeds
         else:
             raise SuiteError(f"{where}: no seeds (valid: a suite-level 'seeds' list or one on the row)")
-        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"])))
+        baseline = d.get("baseline")
+        if baseline is not None and (not isinstance(baseline, str) or baseline == name):
+            raise SuiteError(f"{where}: baseline must name another row of the suite, got {baseline!r}")
+        rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]),
+                        baseline))
+    names = [r.name for r in rows]
+    for r in rows:
+        if r.baseline is not None and r.baseline not in names:
+            raise SuiteError(f"{path} row {r.name!r}: baseline {r.baseline!r} is not a row of the suite "
+                             f"(valid: {', '.join(n for n in names if n != r.name)})")
     return Suite(path.stem, path.resolve(), str(top.get("description") or ""), default_seeds or (), tuple(rows))
 
 
