@@ -76,7 +76,7 @@ def row(name: str, config: str = "fmnist_mlp_bptt.yaml", overrides: list[str] = 
     (lambda r: r[0].update(config="nope.yaml"), "config 'nope.yaml' does not exist"),
     (lambda r: r[0].update(colour="red"), "unknown key 'colour'"),
     (lambda r: r.append(dict(r[0])), "duplicate row 'a'"),
-    (lambda r: r[0]["reference"].update(protocol="best"), "protocol 'best' (valid: final, best_epoch)"),
+    (lambda r: r[0]["reference"].update(protocol="best"), "protocol 'best' (valid: final, best_epoch, measured)"),
     (lambda r: r[0]["reference"].update(grade="S1"),
      "reference.grade 'S1' (valid: primary, secondary, single-source, conflict)"),
     (lambda r: r[0]["reference"].update(grade="primary", value=None), "grade 'primary' without a value"),
