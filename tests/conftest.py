@@ -131,12 +131,46 @@ def write_synthetic_cifar10_dvs(cifar_root: Path, root: Path) -> None:
         write_aedat2(folder / f"{i:04d}.aedat", saccade_events(grey, rng, 128))
 
 
+def write_synthetic_dvs_gesture(mnist_raw: Path, root: Path, users: tuple[int, ...] = (1, 2, 24, 25),
+                                gestures: int = 4) -> None:
+    """``<root>/DvsGesture`` in the release's layout: per trial ``userNN_led.aedat`` (AEDAT 3.1,
+    ``lightning_snn.data.gesture.write_aedat3``) and ``userNN_led_labels.csv``, and the split files
+    (users < 24 train). Each trial holds ``gestures`` labelled segments (classes 1, 2, ...; each
+    the saccade events of a real MNIST digit, see ``saccade_events``) with unlabelled events between
+    them. SYNTHETIC: the release cannot be downloaded here, so the reader, the per-gesture
+    samples, the split and the training path are tested on these."""
+    from lightning_snn.data.gesture import write_aedat3
+
+    rng = np.random.default_rng(1)
+    folder = root / "DvsGesture"
+    folder.mkdir(parents=True)
+    images = np.fromfile(mnist_raw / "t10k-images-idx3-ubyte", np.uint8, 16 * 784, offset=16).reshape(16, 28, 28)
+    for u in users:
+        name = f"user{u:02d}_led"
+        parts, rows, t0 = [], ["class,startTime_usec,endTime_usec"], 1_000
+        for g in range(gestures):
+            noise = saccade_events(images[(u + g + 7) % 16], rng, 128, steps=4)[:50]
+            noise["t"] = t0 + (noise["t"] % 50_000)
+            ev = saccade_events(images[(u + g) % 16], rng, 128)
+            ev["t"] += t0 + 100_000
+            parts += [noise[np.argsort(noise["t"])], ev]
+            rows.append(f"{g % 11 + 1},{t0 + 100_000},{int(ev['t'].max()) + 1}")
+            t0 = int(ev["t"].max()) + 10_000
+        write_aedat3(folder / f"{name}.aedat", np.concatenate(parts), packet_size=1000)
+        (folder / f"{name}_labels.csv").write_text("\n".join(rows) + "\n")
+    train = [f"user{u:02d}_led.aedat" for u in users if u < 24]
+    test = [f"user{u:02d}_led.aedat" for u in users if u >= 24]
+    (folder / "trials_to_train.txt").write_text("\n".join(train) + "\n")
+    (folder / "trials_to_test.txt").write_text("\n".join(test) + "\n")
+
+
 @pytest.fixture(scope="session")
 def event_data_root(data_root: Path, tmp_path_factory) -> Path:
-    """Synthetic N-MNIST and CIFAR10-DVS recordings (see ``saccade_events``)."""
+    """Synthetic N-MNIST, CIFAR10-DVS and DVS128 Gesture recordings (see ``saccade_events``)."""
     root = tmp_path_factory.mktemp("events")
     write_synthetic_nmnist(data_root / "MNIST" / "raw", root)
     write_synthetic_cifar10_dvs(data_root, root)
+    write_synthetic_dvs_gesture(data_root / "MNIST" / "raw", root)
     return root
 
 
@@ -147,7 +181,7 @@ def all_data_root(data_root: Path, event_data_root: Path, tmp_path_factory) -> P
     root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST", "cifar-10-batches-py"):
         (root / name).symlink_to(data_root / name)
-    for name in ("NMNIST", "CIFAR10DVS"):
+    for name in ("NMNIST", "CIFAR10DVS", "DvsGesture"):
         (root / name).symlink_to(event_data_root / name)
     write_cifar100_layout(data_root, root)
     return root

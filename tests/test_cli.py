@@ -36,11 +36,22 @@ def cli_args(config, tmp_path, data_root, *extra):
     ]
 
 
+# DVS128 Gesture configs feed 2x128x128 frames to a full VGG-11 (minutes a step on CPU): their fast
+# run trains a narrow net of the same kind (seconds); the full nets are checked by tests/test_deep_models
+NARROW = {"vgg11_ws": "--model.network_args={'cfg': [8, 'M', 16]}",
+          "vgg11": "--model.network_args={'width': 0.0625, 'pool_size': 7, 'dropout': 0.4}"}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_fast_dev_run_every_config(config, tmp_path, all_data_root):
     """Each config as written, on the offline data, with T=2, batches of 4 and at most 3 adjoint
-    solver iterations to keep CI short."""
+    solver iterations to keep CI short (SLTT-K with K <= T; a narrow net on 128x128 event frames)."""
     extra = ["--data.verify_md5=false"] if "cifar" in config.stem else []
+    if "gesture" in config.stem:
+        net = "vgg11_ws" if "vgg11ws" in config.stem else "vgg11"
+        extra.append(NARROW[net])
+    if "K: 4" in config.read_text():
+        extra.append("--model.strategy_args.K=2")
     if "ide" in config.parts or "strategy: ide" in config.read_text():
         extra.append("--model.strategy_args.max_iter=3")
     if "strategy: spide" in config.read_text():

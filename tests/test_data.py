@@ -53,8 +53,9 @@ def test_cifar100_layout(tmp_path, data_root):
 
 
 def test_registry_names():
-    assert DATASETS.names() == ["cifar10", "cifar100", "cifar10_dvs", "fashion_mnist", "imagenet", "mnist",
-                               "nmnist", "nmnist_spikes"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "cifar10_dvs", "dvs128_gesture", "fashion_mnist",
+                               "imagenet", "mnist", "nmnist", "nmnist_spikes", "synthetic_cifar10",
+                               "synthetic_cifar10_dvs", "synthetic_dvs128_gesture", "synthetic_imagenet"]
     with pytest.raises(ValueError, match="unknown dataset 'svhn'; valid choices: cifar10"):
         VisionDataModule("svhn")
 

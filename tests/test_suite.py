@@ -76,7 +76,10 @@ def row(name: str, config: str = "fmnist_mlp_bptt.yaml", overrides: list[str] = 
     (lambda r: r[0].update(config="nope.yaml"), "config 'nope.yaml' does not exist"),
     (lambda r: r[0].update(colour="red"), "unknown key 'colour'"),
     (lambda r: r.append(dict(r[0])), "duplicate row 'a'"),
-    (lambda r: r[0]["reference"].update(protocol="best"), "protocol 'best' (valid: final, best_epoch)"),
+    (lambda r: r[0]["reference"].update(protocol="best"), "protocol 'best' (valid: final, best_epoch, measured)"),
+    (lambda r: r[0]["reference"].update(grade="S1"),
+     "reference.grade 'S1' (valid: primary, secondary, single-source, conflict)"),
+    (lambda r: r[0]["reference"].update(grade="primary", value=None), "grade 'primary' without a value"),
 ])
 def test_bad_suite_files_are_one_line_errors_before_anything_starts(tmp_path, capsys, mutate, message):
     rows = [row("a")]
@@ -132,6 +135,17 @@ def test_shipped_suites_load_and_every_row_has_a_reference():
         assert suite.rows, path
         for r in suite.rows:
             assert r.config.is_file() and r.seeds and r.reference.source, (path, r.name)
+            # a paper's value always says how far it can be trusted
+            assert (r.reference.value is None) == (r.reference.grade is None), (path, r.name)
+
+
+def test_every_paper_suite_says_where_its_best_epoch_protocol_comes_from():
+    for path in sorted((ROOT / "configs" / "suites").glob("*.yaml")):
+        if path.stem == "memory":
+            continue
+        text = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+        assert "read from the official code" in text or "read from the code" in text, path
+        assert "not stated in the paper" in text or "does not state it" in text, path
 
 
 # ------------------------------------------------------------------ verdicts and the report
@@ -281,6 +295,36 @@ def test_execute_leaves_a_finished_run_alone(tmp_path):
     before = {p: p.read_bytes() for p in d.rglob("*")}
     assert suite_main(["execute", str(path), "--root", str(root), "--row", "good", "--seed", "0"]) == 0
     assert {p: p.read_bytes() for p in d.rglob("*")} == before
+
+
+def test_report_shows_grades_and_marks_verdicts_against_weak_values_provisional(tmp_path):
+    path = write_suite(tmp_path / "graded.yaml", [
+        row("prim", value=90.0, std=0.2, grade="primary"), row("one", value=90.0, grade="single-source"),
+        row("torn", value=95.0, grade="conflict"), row("twice", value=95.0, grade="secondary"),
+        row("none", value=None)])
+    suite = load_suite(path)
+    assert [r.reference.provisional for r in suite.rows] == [False, True, True, False, False]
+    root = tmp_path / "runs"
+    for name in ("prim", "one", "torn", "twice", "none"):
+        for seed, value in ((0, 89.9), (1, 90.3)):
+            d = root / "graded" / name / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps({
+                "suite": "graded", "row": name, "seed": seed, "metric": "test/acc", "protocol": "final",
+                "value": value, "final": value, "best": value, "epochs": 3, "shortened": False,
+                "wall_s": 60.0, "device": "cpu", "devices": 1, "device_hours": 1 / 60}))
+    rows, _ = write_report(suite, Options(root=root))
+    got = rows.set_index("row")
+    assert got["verdict"].to_dict() == {"prim": "reproduced", "one": "reproduced (provisional)",
+                                        "torn": "below (provisional)", "twice": "below", "none": "unknown"}
+    md = (root / "graded" / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| row"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells.index("grade") == cells.index("paper") + 1
+    line = next(line for line in md.splitlines() if line.startswith("| one "))
+    assert "single-source" in line and "reproduced (provisional)" in line
+    assert "| conflict " in md and "| primary " in md and "| secondary " in md
+
 
 # ------------------------------------------------------------------ the local launcher, end to end
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import math
 import pickle
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,8 @@ from torchvision.transforms import v2
 from lightning_snn.checkpoints import check_data_settings
 from lightning_snn.data.beton_identity import Expected, check_contents
 from lightning_snn.data.events import EventFormat, ToFrames, cifar10_dvs, nmnist
+from lightning_snn.data.gesture import dvs128_gesture
+from lightning_snn.data.synthetic import synthetic_events, synthetic_images
 from lightning_snn.data.ffcv import Pipeline, check_beton, ffcv_available, ffcv_loader, write_beton
 from lightning_snn.data.memory import BatchTransform, MemoryBatch, MemoryLoader, eval_sampler, load_split
 from lightning_snn.data.resumable import EpochSampler, ResumableDataLoader
@@ -135,8 +137,20 @@ for _name, _spec in {
         (128, 128, 2), "number", size=48,
         augment=[v2.RandomCrop(48, padding=4), v2.RandomHorizontalFlip()],
     )),
+    # DVS128 Gesture: the release's AEDAT 3.1 trials, one sample per labelled gesture, official
+    # train / test trials, 11 classes; 128x128 frames of equal event count (OTTT / SLTT), no
+    # augmentation (lightning_snn.data.gesture)
+    "dvs128_gesture": DatasetSpec(dvs128_gesture, "DvsGesture", (2, 128, 128), 11, (), (),
+                                  events=EventFormat((128, 128, 2), "number")),
 }.items():
     DATASETS.register(_name)(lambda _s=_spec: _s)
+# random inputs of a data set's shapes through its own transforms, no files (lightning_snn.data.synthetic;
+# the memory suite): ``synthetic_<name>``, read from any existing ``root``
+for _name in ("cifar10", "imagenet", "cifar10_dvs", "dvs128_gesture"):
+    _real = DATASETS.build(_name)
+    _reader = (synthetic_events(_real.events.sensor_size, _real.num_classes) if _real.events
+               else synthetic_images(_real.input_shape, _real.num_classes))
+    DATASETS.register(f"synthetic_{_name}")(lambda _s=replace(_real, cls=_reader, folder="."): _s)
 
 
 # settings that define a training run (besides normalisation and event frames, see run_settings)
@@ -175,7 +189,8 @@ class VisionDataModule(pl.LightningDataModule):
     Args:
         dataset: data-set name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
             ``imagenet`` = ``<root>/imagenet/{train,val}`` class folders; event data ``nmnist``,
-            ``nmnist_spikes`` (binary frames, IDE's input) and ``cifar10_dvs``, see ``events``).
+            ``nmnist_spikes`` (binary frames, IDE's input), ``cifar10_dvs`` and ``dvs128_gesture``,
+            see ``events`` and ``gesture``).
         root: directory holding the data set in torchvision's layout.
         download: fetch the files from their origin if missing (needs internet).
         batch_size: per-process batch size (under DDP the global batch is ``batch_size * world``).

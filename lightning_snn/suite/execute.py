@@ -313,6 +313,12 @@ def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> di
     best = val[best_epoch] * scale if best_epoch is not None else None
     val_is_test = int(cfg.data.val_size) == 0
     value = final if ref.protocol == "final" else (best if val_is_test else None)
+    from lightning_snn.suite.memory import METRICS, StepCost
+
+    step_cost = next((c for c in trainer.callbacks if isinstance(c, StepCost)), None)
+    cost = step_cost.result() if step_cost else {}
+    if ref.metric in METRICS:  # a measurement row (the memory suite): the step's memory or time
+        value = cost.get(ref.metric)
     stats = next((c for c in trainer.callbacks if isinstance(c, RunStats)), None)
     energy = next((c for c in trainer.callbacks if isinstance(c, SpikeEnergyReport)), None)
     totals = energy.totals if energy else {}
@@ -333,6 +339,7 @@ def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> di
         "sops_per_sample": totals.get("sops"),
         "energy_uj_per_sample": totals["snn_energy_pj"] * 1e-6 if "snn_energy_pj" in totals else None,
         "commit": source_commit(), "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(),
+        **cost,
         "args": sys.argv[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

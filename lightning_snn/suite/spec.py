@@ -15,7 +15,7 @@ optional command-line overrides) and the paper's reference for it::
           value: 90.04                            # null: the paper's value is not known
           std: 0.09                               # null: not reported
           seeds: 5                                # runs the paper averaged (null: not stated)
-          protocol: final                         # final | best_epoch
+          protocol: final                         # final | best_epoch | measured (memory rows)
           grade: primary                          # how far the value can be trusted (below)
           source: "Xiao et al., NeurIPS 2021 (IDE), Table 1"
           note: "..."                             # optional
@@ -25,6 +25,12 @@ optional command-line overrides) and the paper's reference for it::
         init_from: ann_stage                      # optional: start from the final weights of this
                                                   # row's run of the same seed (fit --init_from);
                                                   # launchers start it after that run
+          time: 6.35                              # optional: the paper's training time (ratio rows)
+        baseline: other_row                       # optional: report this row as a ratio to that one
+
+A row with a ``baseline`` (the ``memory`` suite's) is reported as ratios to that row: ours (our
+mean over its mean) next to the paper's (``value`` over the baseline's ``value``, ``time`` over its
+``time``); its verdict is whether ours is at or below the paper's memory ratio.
 
 A reference value carries a ``grade``: ``primary`` (the authors' README, code or abstract),
 ``secondary`` (reprinted identically by two or more independent later sources), ``single-source``
@@ -47,7 +53,7 @@ from typing import Any, Literal
 from lightning_snn.errors import UsageError
 
 SUITES_DIR = Path("configs") / "suites"
-PROTOCOLS = ("final", "best_epoch")
+PROTOCOLS = ("final", "best_epoch", "measured")
 GRADES = ("primary", "secondary", "single-source", "conflict")
 PROVISIONAL_GRADES = frozenset({"single-source", "conflict"})
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -69,6 +75,7 @@ class Reference:
     source: str = ""
     note: str = ""
     grade: Literal["primary", "secondary", "single-source", "conflict"] | None = None
+    time: float | None = None  # the paper's training time (any unit; memory rows compare its ratio)
 
     @property
     def provisional(self) -> bool:
@@ -97,6 +104,7 @@ class Row:
     reference: Reference
     timesteps: TimeSteps | None = None
     init_from: str | None = None  # the row whose final weights this row starts from
+    baseline: str | None = None  # a row of the same suite this one is compared with as a ratio
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ def _number(where: str, value: Any, positive: bool = False) -> float | None:
 
 
 def _reference(where: str, data: Any) -> Reference:
-    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note", "grade"},
+    d = _keys(where, data, {"metric", "value", "std", "seeds", "protocol", "source", "note", "grade", "time"},
               {"metric", "value", "protocol", "source"})
     if d["protocol"] not in PROTOCOLS:
         raise SuiteError(f"{where}.protocol {d['protocol']!r} (valid: {', '.join(PROTOCOLS)})")
@@ -209,7 +217,7 @@ def _reference(where: str, data: Any) -> Reference:
     return Reference(metric=str(d["metric"]), value=_number(f"{where}.value", d["value"]),
                      std=_number(f"{where}.std", d.get("std"), positive=True), seeds=seeds,
                      protocol=d["protocol"], source=str(d["source"]), note=str(d.get("note") or ""),
-                     grade=grade)
+                     grade=grade, time=_number(f"{where}.time", d.get("time"), positive=True))
 
 
 def _positive_ints(where: str, value: Any) -> tuple[int, ...]:
@@ -251,7 +259,8 @@ def load_suite(suite: str | Path) -> Suite:
     rows: list[Row] = []
     for i, item in enumerate(top["rows"]):
         where = f"{path} row {i + 1}"
-        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps", "init_from"},
+        d = _keys(where, item, {"name", "config", "overrides", "seeds", "reference", "timesteps", "init_from",
+                                "baseline"},
                   {"name", "config", "reference"})
         name = d["name"]
         where = f"{path} row {name!r}"
@@ -276,9 +285,17 @@ def load_suite(suite: str | Path) -> Suite:
         source = d.get("init_from")
         if source is not None and not isinstance(source, str):
             raise SuiteError(f"{where}: init_from must be the name of another row, got {source!r}")
+        baseline = d.get("baseline")
+        if baseline is not None and (not isinstance(baseline, str) or baseline == name):
+            raise SuiteError(f"{where}: baseline must name another row of the suite, got {baseline!r}")
         rows.append(Row(name, config, tuple(overrides), seeds, _reference(f"{where} reference", d["reference"]),
-                        steps, source))
+                        steps, source, baseline))
     _check_sources(path, rows)
+    names = [r.name for r in rows]
+    for r in rows:
+        if r.baseline is not None and r.baseline not in names:
+            raise SuiteError(f"{path} row {r.name!r}: baseline {r.baseline!r} is not a row of the suite "
+                             f"(valid: {', '.join(n for n in names if n != r.name)})")
     return Suite(path.stem, path.resolve(), str(top.get("description") or ""), default_seeds or (), tuple(rows))
 
 
