@@ -141,11 +141,14 @@ def parse_python(argv: list[str]) -> None:
     args = argv[1:]
     if args[:2] == ["-m", "lightning_snn"]:
         from lightning_snn.cli_check import check_args
+        from lightning_snn.commands import space_separated_list
 
         from lightning_snn.errors import UsageError
 
         try:
-            check_args(args[2:])  # the training parser; a UsageError names what is wrong
+            # the training parser, after the command line's own list folding (export --verify a b, --T 1 2);
+            # a UsageError names what is wrong
+            check_args(space_separated_list(space_separated_list(args[2:]), "--T"))
         except SystemExit as e:  # --help
             assert e.code == 0, e
         except UsageError as e:
