@@ -395,6 +395,9 @@ def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, d
     # a result names what made it: the checkout's commit, the CPU and its threads
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert resumed["commit"] in (head, head + "+dirty") and resumed["cpu"] and resumed["cpu_threads"] >= 1
+    # the commit is the one each attempt started from (read before training), not the checkout's at the end
+    started = [json.loads(x).get("commit") for x in (d / "attempts.jsonl").read_text().splitlines()]
+    assert resumed["commit"] == ", ".join(dict.fromkeys(c for c in started if c))
 
 
 @pytest.mark.slow

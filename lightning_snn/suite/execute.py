@@ -252,6 +252,13 @@ def source_commit() -> str:
         return "unknown"
 
 
+def run_commits(directory: Path) -> str:
+    """The commit(s) a run's attempts started from, in order (", "-separated when a resumed run
+    spans several); the checkout's commit now for a run whose attempts did not record one."""
+    commits = list(dict.fromkeys(a["commit"] for a in _attempts(directory) if a.get("commit")))
+    return ", ".join(commits) if commits else source_commit()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -338,7 +345,7 @@ def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> di
         "threads": torch.get_num_threads(),
         "sops_per_sample": totals.get("sops"),
         "energy_uj_per_sample": totals["snn_energy_pj"] * 1e-6 if "snn_energy_pj" in totals else None,
-        "commit": source_commit(), "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(),
+        "commit": run_commits(directory), "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(),
         **cost,
         "args": sys.argv[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -374,7 +381,8 @@ def execute(run: RunSpec, opts: Options) -> str:
         if problem:
             write_json(d / FAILED, {"error": f"not started: {problem}", "type": "SourceRunError", "attempt": attempt})
             return "failed"
-        _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None})
+        _log(d, {"attempt": attempt, "start": start, "resumed_from": str(ckpt) if ckpt else None,
+                 "commit": source_commit()})  # the code this attempt runs, read before it trains
         try:
             cli = main(fit_args(run, opts, attempt, ckpt), parser_kwargs=_NO_EXIT, save_config_kwargs={"overwrite": True})
             _finish_wandb(opts, 0)
