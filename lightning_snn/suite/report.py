@@ -104,7 +104,7 @@ def row_table(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
         values = mine["value"].dropna().astype(float)
         n = len(values)
         mean = float(values.mean()) if n else None
-        std = float(values.std(ddof=1)) if n > 1 else (0.0 if n == 1 else None)
+        std = float(values.std(ddof=1)) if n > 1 else None  # one run has no spread: shown without ±
         out.append({
             "row": row.name, "metric": ref.metric, "protocol": ref.protocol, "n": n, "mean": mean, "std": std,
             "paper": ref.value, "paper_std": ref.std, "paper_n": ref.seeds, "grade": ref.grade,
