@@ -60,6 +60,7 @@ class DatasetSpec:
     eval_resize: list[Callable] = field(default_factory=list)  # evaluation-time resize / crop
     events: EventFormat | None = None  # event-camera recordings, binned into T frames
     in_memory: bool = False  # small enough for the memory back end (one uint8 tensor per split)
+    synthetic: bool = False  # generated per sample, no files: read by torchvision loaders only
     crop_padding: int = 0  # memory back end: the training augmentation of ``train_augment``
     flip: bool = False  # (random crop of the zero-padded image, horizontal flip), on the batch
 
@@ -150,7 +151,8 @@ for _name in ("cifar10", "imagenet", "cifar10_dvs", "dvs128_gesture"):
     _real = DATASETS.build(_name)
     _reader = (synthetic_events(_real.events.sensor_size, _real.num_classes) if _real.events
                else synthetic_images(_real.input_shape, _real.num_classes))
-    DATASETS.register(f"synthetic_{_name}")(lambda _s=replace(_real, cls=_reader, folder="."): _s)
+    DATASETS.register(f"synthetic_{_name}")(
+        lambda _s=replace(_real, cls=_reader, folder=".", in_memory=False, synthetic=True): _s)
 
 
 # settings that define a training run (besides normalisation and event frames, see run_settings)
@@ -301,6 +303,8 @@ class VisionDataModule(pl.LightningDataModule):
 
     def _auto_backend(self, cutout: bool) -> tuple[str, str]:
         """The fastest back end that applies to this data set, and why it is the one."""
+        if self.spec.synthetic:
+            return "torchvision", "synthetic data, generated per sample (nothing to copy or write)"
         if self.spec.in_memory:
             return "memory", "the data set fits in memory: batches by index, transforms on the device"
         if self.spec.events is None and ffcv_available() and not cutout:

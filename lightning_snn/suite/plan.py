@@ -61,7 +61,7 @@ def data_status(data: Any) -> tuple[str | None, int | None]:
 
     try:
         with quiet():  # the back end auto picks is said by the run, not by the plan
-            dm = VisionDataModule(**{k: v for k, v in dict(data).items() if k != "frames"})
+            dm = VisionDataModule(**dict(data))  # event data: frames = the model's T (linked)
         n = len(dm._open(train=True, augment=False, transform=False))
     except Exception as e:  # noqa: BLE001 - any reason the data cannot be read is "not here"
         return f"no data: {one_line(e)}", None
