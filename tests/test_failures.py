@@ -440,7 +440,7 @@ def test_sigterm_and_sigusr1_save_at_a_step_then_resume_exactly(data_root, tmp_p
     (["--model.T=0"], "model.T must be a positive integer, got 0"),
     (["--model.neuron.threshold=-1"], "error: neuron threshold must be > 0, got -1.0"),
     (["--model.T=abc"], "model.T: expected an integer, got 'abc'"),
-    (["--model.strategy=eprop"], "unknown strategy 'eprop'; valid choices: bptt, dsr"),
+    (["--model.strategy=eprop"], "unknown strategy 'eprop'; valid choices: ann, bptt, dsr"),
     (["--model.network=nope"], "unknown model 'nope'"),
     (["--model.optimizer=torch.optim.Adam"],  # the demo sets the flat model.lr
      "model.lr is 0.002 but model.optimizer is the class torch.optim.Adam: the flat model.lr applies"),

@@ -39,8 +39,14 @@ def output_layer(model: SpikingNet, x: Tensor) -> SpikingNeuron | None:
         last["layer"], last["out"] = layer, F.relu(inp)
         return last["out"]  # type: ignore[return-value]
 
-    with torch.no_grad(), neuron_dynamics(model, probe):
-        out = model(x[:1].unsqueeze(0))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # one sample: batch norms on their running statistics, which the probe leaves alone
+    try:
+        with torch.no_grad(), neuron_dynamics(model, probe):
+            out = model(x[:1].unsqueeze(0))
+    finally:
+        for m, training in modes:
+            m.training = training
     return last["layer"] if last.get("out") is out else None  # type: ignore[return-value]
 
 
