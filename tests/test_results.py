@@ -29,6 +29,7 @@ def test_published_tables_are_rebuilt_identically_from_their_result_files(name, 
         result = json.loads(f.read_text())
         assert (result["row"], f"seed{result['seed']}") == (f.parent.parent.name, f.parent.name), f
         assert result.get("commit") and result.get("device") and result.get("wall_s"), f
+        assert not any(str(a).startswith("/") for a in result.get("args", [])), f"{f} names a machine's folder"
     write_report(suite, Options(root=RESULTS), out=tmp_path)
     for table in ("results.md", "results.csv"):
         assert (tmp_path / table).read_text() == (folder / table).read_text(), f"{folder / table} differs from a rebuild"
@@ -47,6 +48,12 @@ def _result(row: str, seed: int, value: float) -> dict:
     return {"suite": "smoke", "row": row, "seed": seed, "metric": "test/acc", "protocol": "final", "value": value,
             "final": value, "best": None, "best_epoch": None, "epochs": 1, "shortened": False, "wall_s": 60.0,
             "device": "cpu (x86_64)", "devices": 1, "device_hours": 60.0 / 3600, "commit": "abc"}
+
+
+def test_published_command_lines_name_no_machine_folder(tmp_path):
+    inside, outside = str(publish.CHECKOUT / "configs" / "suites" / "ide.yaml"), "/somewhere/else/runs"
+    got = publish.portable({"args": ["execute", inside, "--root", outside, "--row", "r"]})
+    assert got["args"] == ["execute", "configs/suites/ide.yaml", "--root", "runs", "--row", "r"]
 
 
 def test_publish_copies_results_rebuilds_tables_and_never_replaces_one(tmp_path, monkeypatch):

@@ -9,11 +9,11 @@ summary are rebuilt from them by the same code (a test checks the committed ones
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from lightning_snn.atomic import write_json
 from lightning_snn.suite.execute import RESULT
 from lightning_snn.suite.spec import Options, Suite, SuiteError, load_suite
 
@@ -21,21 +21,41 @@ SUMMARY = "summary.md"
 BEGIN, END = "<!-- reproduced:begin -->", "<!-- reproduced:end -->"
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def portable(result: dict, base: Path = CHECKOUT) -> dict:
+    """``result`` with the absolute paths of its command line (``args``) made relative to the
+    checkout ``base`` (or reduced to their name outside it): a published result names no machine's
+    folders."""
+    def rel(arg: str) -> str:
+        if not arg.startswith("/"):
+            return arg
+        path = Path(arg)
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return path.name
+    return {**result, "args": [rel(a) for a in result.get("args", [])]} if "args" in result else dict(result)
+
+
 def copy_results(suite: Suite, runs_root: Path, to: Path) -> list[Path]:
-    """Copy every finished run's result file of ``suite`` from ``runs_root`` into ``to``; a file
-    already there is kept (an identical one is skipped, a different one is an error: a published
-    result is never replaced silently). Returns the files copied."""
+    """Copy every finished run's result file of ``suite`` from ``runs_root`` into ``to`` (its
+    command line's paths made :func:`portable`); a file already there is kept (an identical one is
+    skipped, a different one is an error: a published result is never replaced silently). Returns
+    the files copied."""
     copied = []
     for row in suite.rows:
         for src in sorted((runs_root / suite.name / row.name).glob(f"seed*/{RESULT}")):
             dst = to / suite.name / row.name / src.parent.name / RESULT
+            result = portable(json.loads(src.read_text()))
             if dst.is_file():
-                if json.loads(dst.read_text()) != json.loads(src.read_text()):
+                if json.loads(dst.read_text()) != result:
                     raise SuiteError(f"{dst} exists and differs from {src}: a published result is never replaced "
                                      "(remove it first if the new run is meant to replace it)")
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            write_json(dst, result)
             copied.append(dst)
     return copied
 
