@@ -69,11 +69,15 @@ def summary(results: Path) -> str:
     """One markdown table of every row with at least one published run, over all suites."""
     from lightning_snn.suite.report import row_table, run_table
 
-    frames = []
+    frames, ratios = [], []
     for suite in published_suites(results):
         rows = row_table(suite, run_table(suite, Options(root=results)))
         rows = rows[rows["n"] > 0]
-        frames.append(rows.assign(suite=suite.name))
+        measured = rows["protocol"] == "measured"  # memory / time rows: compared as ratios, in their own table
+        if measured.any():
+            ratios.append(f"`{suite.name}`: {int(measured.sum())} measured rows, compared as ratios in "
+                          f"[results/{suite.name}/results.md](results/{suite.name}/results.md)")
+        frames.append(rows[~measured].assign(suite=suite.name))
     if not frames or all(f.empty for f in frames):
         return "No published results yet.\n"
     table = pd.concat([f for f in frames if not f.empty], ignore_index=True)
@@ -91,7 +95,8 @@ def summary(results: Path) -> str:
         **({"grade": table["grade"].fillna("-")} if "grade" in table else {}),
         "verdict": table["verdict"],
     })
-    return shown.to_markdown(index=False) + "\n"
+    tail = "".join(f"\n{line}.\n" for line in ratios)
+    return shown.to_markdown(index=False) + "\n" + tail
 
 
 def readme_block(results: Path) -> str:
