@@ -32,6 +32,9 @@ from lightning_snn.energy import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
 
 RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"
+BUSY_EXIT = 3  # exit status of `execute` when another launch holds the run's lock
+SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "limit_val_batches",
+                   "limit_test_batches")
 
 
 def read_result(directory: Path, row: str, seed: int) -> dict[str, Any]:
@@ -56,9 +59,6 @@ def read_result(directory: Path, row: str, seed: int) -> dict[str, Any]:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
         raise SuiteError(f"{path}: value {v!r} is not a number {fix}")
     return {**res, "row": row, "seed": seed}
-BUSY_EXIT = 3  # exit status of `execute` when another launch holds the run's lock
-SHORTENING_KEYS = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "limit_val_batches",
-                   "limit_test_batches")
 
 
 class RunStats(pl.Callback):
