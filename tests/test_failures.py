@@ -397,18 +397,20 @@ def test_sigterm_and_sigusr1_save_at_a_step_then_resume_exactly(data_root, tmp_p
     """A real ``fit`` gets SIGTERM (USR1) mid-epoch: it saves last.ckpt at the next step boundary and
     exits 143 (138); ``--ckpt_path last`` then ends at the weights of an uninterrupted run, with
     BatchNorm's ``num_batches_tracked`` counting every batch once."""
-    per_epoch = 12
+    per_epoch = 30  # 55 steps left after the first checkpoint: room for a loaded machine
     args = lambda run: fit_args(data_root, tmp_path / run, "--checkpoint.every_n_train_steps=5",  # noqa: E731
                                 epochs=2, train_batches=per_epoch, hidden=128)
     procs = {"whole": _start(args("whole"), tmp_path / "whole.log")}
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         procs[sig.name] = _start(args(sig.name), tmp_path / f"{sig.name}.log")
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        proc, last = procs[sig.name], tmp_path / sig.name / "checkpoints" / "last.ckpt"
-        deadline = time.monotonic() + 180
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # first step checkpoint (step 5): training is under way
-        proc.send_signal(sig)
+    waiting, deadline = {signal.SIGTERM, signal.SIGUSR1}, time.monotonic() + 180
+    while waiting and time.monotonic() < deadline:  # each run gets its signal at its own first
+        for sig in list(waiting):                    # step checkpoint (step 5): training under way
+            proc, last = procs[sig.name], tmp_path / sig.name / "checkpoints" / "last.ckpt"
+            if last.exists() or proc.poll() is not None:
+                proc.send_signal(sig)
+                waiting.discard(sig)
+        time.sleep(0.01)
     bn = "net.layers.0.2.num_batches_tracked"
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         proc, log = procs[sig.name], tmp_path / f"{sig.name}.log"
