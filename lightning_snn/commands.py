@@ -137,7 +137,8 @@ class SNNTrainer(pl.Trainer):
 
     def report(self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None,
                ckpt_path: Optional[str] = None, split: Literal["test", "val"] = "test",
-               out_dir: Optional[str] = None) -> dict[str, float]:
+               out_dir: Optional[str] = None, convention: Literal["project", "neurobench"] = "project",
+               ) -> dict[str, float]:
         """Spikes, synaptic operations and energy per layer on a data split.
 
         Args:
@@ -146,13 +147,17 @@ class SNNTrainer(pl.Trainer):
             ckpt_path: Lightning checkpoint with the trained weights.
             split: ``test`` or ``val``.
             out_dir: where ``spike_report.csv`` / ``.png`` go (default: the logger's directory).
+            convention: how operations are counted: ``project`` (the input layer's MACs once per
+                static image, spikes x fan-out ACs through average pools) or ``neurobench``
+                (NeuroBench 2.3.0's: the input layer's MACs at every step, MACs on pooled rates).
         """
         from lightning_snn.energy import SpikeEnergyReport
 
         if not ckpt_path:
             raise ValueError("report needs --ckpt_path (the trained checkpoint)")
         load_weights(model, ckpt_path)
-        cb = SpikeEnergyReport(out_dir=out_dir, stages=("test" if split == "test" else "validate",))
+        cb = SpikeEnergyReport(out_dir=out_dir, stages=("test" if split == "test" else "validate",),
+                               convention=convention)
         self.callbacks.append(cb)
         try:
             (self.test if split == "test" else self.validate)(model, datamodule=datamodule)

@@ -20,6 +20,15 @@ Counting rules (per sample, over the T steps of the strategy's run):
 
 The network's structure (which layer feeds which synapses) is read from its NIR graph
 (:mod:`lightning_snn.nir.export`), so the report covers every model that can be exported.
+
+Counting conventions (``convention``): ``project`` is the one above. ``neurobench`` counts as
+NeuroBench 2.3.0 does (:mod:`lightning_snn.neurobench_counts`): per connection layer, the
+(nonzero input, nonzero weight) pairs of every one of the T steps, ACs where the step's input is
+binary and MACs otherwise. It differs from ``project`` in two places: the input layer of a static
+image does its MACs at every step (x T), and a layer after an average pool of spikes does MACs on
+the nonzero pooled values instead of spikes x fan-out ACs. Both conventions add the
+convention-free figures NeuroBench reports: accuracy, activation sparsity (1 - spikes / (spiking
+neurons x T x samples)), footprint (bytes of parameters and buffers) and connection sparsity.
 """
 
 from __future__ import annotations
@@ -34,7 +43,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_snn.neurobench_counts import NeuroBenchOps, connection_sparsity, footprint_bytes
 from lightning_snn.neurons import LIF
+
+CONVENTIONS = ("project", "neurobench")
 
 E_AC_PJ = 0.9  # energy of one 32-bit accumulate, 45 nm
 E_MAC_PJ = 4.6  # energy of one 32-bit multiply-accumulate, 45 nm
@@ -45,7 +57,7 @@ class LayerRow:
     """One row of the report (all counts per sample)."""
 
     layer: str
-    kind: str  # "spiking" or "analogue-input"
+    kind: str  # "spiking" or "analogue-input" (project); "spiking" or "synaptic" (neurobench)
     neurons: int
     rate: float
     spikes: float
@@ -54,6 +66,8 @@ class LayerRow:
     macs: float
     energy_pj: float
     spike_count: int = 0  # all spikes of the layer over every sample, exact (int64)
+    dense: float = float("nan")  # neurobench: every input x every weight, all T steps (NeuroBench's Dense)
+    convention: str = "project"
 
 
 # ------------------------------------------------------------------------------ structure
@@ -213,6 +227,33 @@ def build_rows(counts: NetworkCounts, spikes: dict[str, Tensor], elem_steps: dic
     return rows, totals
 
 
+def build_neurobench_rows(ops: NeuroBenchOps, spikes: dict[str, Tensor], elem_steps: dict[str, float],
+                          samples: float, T: int, ann_macs: float) -> tuple[list[LayerRow], dict[str, float]]:
+    """Rows and totals under the ``neurobench`` convention: each spiking layer's spikes and rate,
+    each connection layer's effective ACs, MACs and dense operations per sample (NeuroBench's
+    ``Effective_ACs``, ``Effective_MACs``, ``Dense``); ``ann_macs``: the ANN of the same network,
+    as in the ``project`` convention."""
+    rows: list[LayerRow] = []
+    for n in ops.layers:
+        ac, mac, dense = ops.acs[n] / samples, ops.macs[n] / samples, ops.dense[n] / samples
+        rows.append(LayerRow(n, "synaptic", 0, float("nan"), 0.0, float("nan"), ac, mac,
+                             ac * E_AC_PJ + mac * E_MAC_PJ, 0, dense, "neurobench"))
+    for n, s in spikes.items():
+        total = int(s.sum(dtype=torch.int64))
+        rows.append(LayerRow(n, "spiking", s.numel(), total / max(elem_steps[n], 1.0), total / samples,
+                             float("nan"), 0.0, 0.0, 0.0, total, float("nan"), "neurobench"))
+    sops = sum(r.sops for r in rows)
+    macs = sum(r.macs for r in rows)
+    totals = {
+        "spikes": sum(r.spikes for r in rows), "spike_count": sum(r.spike_count for r in rows),
+        "sops": sops, "snn_macs": macs, "dense": sum(r.dense for r in rows if r.kind == "synaptic"),
+        "snn_energy_pj": sops * E_AC_PJ + macs * E_MAC_PJ,
+        "ann_macs": ann_macs, "ann_energy_pj": ann_macs * E_MAC_PJ, "T": float(T), "samples": samples,
+    }
+    totals["energy_ratio_snn_over_ann"] = totals["snn_energy_pj"] / totals["ann_energy_pj"] if ann_macs else float("nan")
+    return rows, totals
+
+
 def format_table(rows: list[LayerRow], totals: dict[str, float]) -> str:
     head = f"{'layer':<22}{'kind':<16}{'neurons':>9}{'rate':>8}{'spikes':>11}{'fan-out':>9}{'SOPs':>13}{'MACs':>13}{'energy nJ':>11}"
     lines = [head, "-" * len(head)]
@@ -222,7 +263,15 @@ def format_table(rows: list[LayerRow], totals: dict[str, float]) -> str:
         lines.append(f"{r.layer:<22}{r.kind:<16}{r.neurons:>9}{rate:>8}{r.spikes:>11.1f}{fan:>9}"
                      f"{r.sops:>13.4g}{r.macs:>13.4g}{r.energy_pj / 1e3:>11.4g}")
     lines.append("-" * len(head))
-    lines.append(f"SNN (T={int(totals['T'])}, per sample over {int(totals['samples'])} samples): "
+    conv = rows[0].convention if rows else "project"
+    if conv == "neurobench":
+        lines.append(f"neurobench convention: {totals['sops']:.6g} effective ACs, {totals['snn_macs']:.6g} effective "
+                     f"MACs, {totals['dense']:.6g} dense operations per sample (input layer x T, MACs after pools)")
+    if "activation_sparsity" in totals:
+        lines.append(f"accuracy {totals['accuracy']:.4f}, activation sparsity {totals['activation_sparsity']:.6f}, "
+                     f"connection sparsity {totals['connection_sparsity']:.4f}, "
+                     f"footprint {int(totals['footprint_bytes']):,} bytes")
+    lines.append(f"SNN [{conv} convention] (T={int(totals['T'])}, per sample over {int(totals['samples'])} samples): "
                  f"{totals['spikes']:.1f} spikes ({totals['spike_count']:,} in all), "
                  f"{totals['sops']:.4g} SOPs x {E_AC_PJ} pJ + "
                  f"{totals['snn_macs']:.4g} MACs x {E_MAC_PJ} pJ = {totals['snn_energy_pj'] / 1e3:.4g} nJ")
@@ -231,21 +280,34 @@ def format_table(rows: list[LayerRow], totals: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+# columns of the total rows only: the convention-free figures NeuroBench reports
+TOTAL_COLUMNS = ("accuracy", "activation_sparsity", "connection_sparsity", "footprint_bytes")
+
+
 def write_csv(rows: list[LayerRow], totals: dict[str, float], path: Path) -> None:
+    """One row per layer and the totals (``total_snn``, ``total_ann``); the ``convention`` column
+    names the counting convention of every row."""
+    conv = rows[0].convention if rows else "project"
+    names = list(asdict(rows[0]).keys()) if rows else [f.name for f in LayerRow.__dataclass_fields__.values()]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) if rows else ["layer"])
+        w = csv.DictWriter(f, fieldnames=[*names, *TOTAL_COLUMNS])
         w.writeheader()
         for r in rows:
             w.writerow(asdict(r))
+        extra = {k: totals[k] for k in TOTAL_COLUMNS if k in totals}
         w.writerow({"layer": "total_snn", "kind": "snn", "spikes": totals["spikes"],
                     "spike_count": totals["spike_count"], "sops": totals["sops"],
-                    "macs": totals["snn_macs"], "energy_pj": totals["snn_energy_pj"]})
-        w.writerow({"layer": "total_ann", "kind": "ann", "macs": totals["ann_macs"], "energy_pj": totals["ann_energy_pj"]})
+                    "macs": totals["snn_macs"], "energy_pj": totals["snn_energy_pj"],
+                    "dense": totals.get("dense", float("nan")), "convention": conv, **extra})
+        w.writerow({"layer": "total_ann", "kind": "ann", "macs": totals["ann_macs"], "energy_pj": totals["ann_energy_pj"],
+                    "convention": conv})
 
 
-def title(totals: dict[str, float], model: str, dataset: str) -> str:
-    """The chart's title: what was measured and the energy per sample, SNN vs ANN."""
-    return (f"{model}, T = {int(totals['T'])}, {dataset}: {totals['snn_energy_pj'] / 1e3:.4g} nJ per sample "
+def title(totals: dict[str, float], model: str, dataset: str, convention: str = "project") -> str:
+    """The chart's title: what was measured, the counting convention and the energy per sample,
+    SNN vs ANN."""
+    return (f"{model}, T = {int(totals['T'])}, {dataset}, {convention} convention: "
+            f"{totals['snn_energy_pj'] / 1e3:.4g} nJ per sample "
             f"(SNN) vs {totals['ann_energy_pj'] / 1e3:.4g} nJ (ANN), ratio {totals['energy_ratio_snn_over_ann']:.3f}")
 
 
@@ -263,11 +325,19 @@ def plot(rows: list[LayerRow], path: Path, heading: str = "") -> None:
     a.bar(range(len(names)), [r.rate for r in spk], color="tab:blue")
     a.set_title("firing rate")
     a.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ops = [(r.layer, r.macs, "tab:green") if r.kind != "spiking" else (r.layer, r.sops, "tab:orange") for r in rows]
-    b.bar(range(len(ops)), [max(v, 1e-9) for _, v, _ in ops], color=[c for _, _, c in ops])
+    if rows and rows[0].convention == "neurobench":  # per connection layer: effective ACs and MACs
+        syn = [r for r in rows if r.kind == "synaptic"]
+        pos = range(len(syn))
+        b.bar([i - 0.2 for i in pos], [max(r.sops, 1e-9) for r in syn], width=0.4, color="tab:orange")
+        b.bar([i + 0.2 for i in pos], [max(r.macs, 1e-9) for r in syn], width=0.4, color="tab:green")
+        b.set_title("neurobench convention, per sample: effective MACs (green), ACs (orange)", fontsize=9)
+        b.set_xticks(pos, [r.layer for r in syn], rotation=60, ha="right", fontsize=7)
+    else:
+        ops = [(r.layer, r.macs, "tab:green") if r.kind != "spiking" else (r.layer, r.sops, "tab:orange") for r in rows]
+        b.bar(range(len(ops)), [max(v, 1e-9) for _, v, _ in ops], color=[c for _, _, c in ops])
+        b.set_title("project convention, per sample: MACs (green), SOPs (orange)", fontsize=9)
+        b.set_xticks(range(len(ops)), [n for n, _, _ in ops], rotation=60, ha="right", fontsize=7)
     b.set_yscale("log")
-    b.set_title("per sample: MACs (green), SOPs (orange)", fontsize=10)
-    b.set_xticks(range(len(ops)), [n for n, _, _ in ops], rotation=60, ha="right", fontsize=7)
     if heading:
         fig.suptitle(heading, fontsize=9)
     fig.tight_layout()
@@ -287,14 +357,20 @@ class SpikeEnergyReport(pl.Callback):
         out_dir: where the CSV and PNG go (default: the trainer's log dir, else ``.``).
         stages: ``test`` and / or ``validate`` runs to report on.
         prefix: file-name stem and W&B key prefix.
+        convention: ``project`` (this project's counting) or ``neurobench`` (NeuroBench 2.3.0's:
+            input-layer MACs at every step, MACs after average pools of spikes; module doc).
     """
 
     def __init__(self, out_dir: str | None = None, stages: tuple[str, ...] = ("test",),
-                 prefix: str = "spike_report") -> None:
+                 prefix: str = "spike_report", convention: str = "project") -> None:
         bad = set(stages) - {"test", "validate"}
         if bad:
             raise ValueError(f"stages must be 'test' and/or 'validate', got {sorted(bad)}")
-        self.out_dir, self.stages, self.prefix = out_dir, tuple(stages), prefix
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+        self.out_dir, self.stages, self.prefix, self.convention = out_dir, tuple(stages), prefix, convention
+        self._ops: NeuroBenchOps | None = None
+        self._stage = "test"
         self._hooks: list[Any] = []
         self._layers: dict[str, LIF] = {}
         self.rows: list[LayerRow] = []
@@ -308,9 +384,13 @@ class SpikeEnergyReport(pl.Callback):
         self._spikes[name] = per if name not in self._spikes else self._spikes[name] + per
         self._elem_steps[name] = self._elem_steps.get(name, 0) + s.numel()
 
-    def _attach(self, pl_module: pl.LightningModule) -> None:
+    def _attach(self, pl_module: pl.LightningModule, stage: str = "test") -> None:
         net = pl_module.net
+        self._stage = stage
         self._counts = NetworkCounts(net, tuple(pl_module.hparams.input_shape))
+        if self.convention == "neurobench":
+            self._ops = NeuroBenchOps(net, int(pl_module.strategy.T))
+            self._ops.attach()
         self._spikes: dict[str, Tensor] = {}
         self._elem_steps: dict[str, int] = {}
         self._samples = 0
@@ -333,6 +413,8 @@ class SpikeEnergyReport(pl.Callback):
             m.step = step  # type: ignore[method-assign]
 
     def _detach(self) -> None:
+        if self._ops is not None:
+            self._ops.detach()
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -345,11 +427,27 @@ class SpikeEnergyReport(pl.Callback):
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             self._samples += int(x.shape[0])
             self._events = x.dim() == 5  # [B, T, C, H, W] event frames, a new input every step
+            if self._ops is not None:
+                self._ops.start_batch(int(x.shape[0]))
+
+    def _batch_end(self) -> None:
+        if self._hooks and self._ops is not None:
+            self._ops.end_batch()
+
+    def _accuracy(self, pl_module: pl.LightningModule) -> float:
+        """The evaluation's accuracy so far (the module's ``test_acc`` / ``val_acc`` metric)."""
+        metric = getattr(pl_module, "test_acc" if self._stage == "test" else "val_acc", None)
+        try:
+            return float(metric.compute()) if metric is not None and metric.update_called else float("nan")
+        except Exception:  # noqa: BLE001 - a module without the metric: the report has no accuracy
+            return float("nan")
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._hooks:
             return
+        ops = self._ops
         self._detach()
+        self._ops = None
         strategy = trainer.strategy
         samples = float(strategy.reduce(torch.tensor(self._samples, dtype=torch.int64, device=pl_module.device),
                                         reduce_op="sum"))
@@ -360,6 +458,21 @@ class SpikeEnergyReport(pl.Callback):
         T = int(pl_module.strategy.T)
         self.rows, self.totals = build_rows(self._counts, spikes, elem, max(samples, 1.0), T,
                                             T if self._events else 1)
+        if ops is not None:
+            for d in (ops.acs, ops.macs, ops.dense):
+                for n, v in d.items():
+                    d[n] = int(strategy.reduce(torch.tensor(v, dtype=torch.int64, device=pl_module.device),
+                                               reduce_op="sum"))
+            self.rows, self.totals = build_neurobench_rows(ops, spikes, elem, max(samples, 1.0), T,
+                                                           self.totals["ann_macs"])
+        fired = sum(int(v.sum(dtype=torch.int64)) for v in spikes.values())
+        self.totals.update({
+            "accuracy": self._accuracy(pl_module),
+            # NeuroBench ActivationSparsity: zero outputs / all outputs of the spiking layers, all steps
+            "activation_sparsity": 1.0 - fired / sum(elem.values()) if elem else float("nan"),
+            "connection_sparsity": connection_sparsity(pl_module.net),
+            "footprint_bytes": float(footprint_bytes(pl_module.net)),
+        })
         if not trainer.is_global_zero:
             return
         table = format_table(self.rows, self.totals)
@@ -370,7 +483,7 @@ class SpikeEnergyReport(pl.Callback):
         dm = getattr(trainer, "datamodule", None)
         dataset = str(getattr(dm, "hparams", {}).get("dataset", type(dm).__name__ if dm else "data"))
         model = str(pl_module.hparams.get("network", type(pl_module.net).__name__))
-        self.title = title(self.totals, model, dataset)
+        self.title = title(self.totals, model, dataset, self.convention)
         plot(self.rows, out / f"{self.prefix}.png", self.title)
         self._log_wandb(trainer, out / f"{self.prefix}.png")
 
@@ -389,20 +502,26 @@ class SpikeEnergyReport(pl.Callback):
     # -------------------------------------------------------------- Lightning hooks
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "test" in self.stages:
-            self._attach(pl_module)
+            self._attach(pl_module, "test")
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
         self._batch(batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+        self._batch_end()
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "validate" in self.stages and not trainer.sanity_checking:
-            self._attach(pl_module)
+            self._attach(pl_module, "validate")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
         self._batch(batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+        self._batch_end()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, pl_module)

@@ -105,9 +105,9 @@ class SuiteEnergyReport(SpikeEnergyReport):
     """The spike / SOP / energy report of the final test, without failing a finished training run
     when a network's layers cannot be counted (the run's result then has no energy columns)."""
 
-    def _attach(self, pl_module: pl.LightningModule) -> None:
+    def _attach(self, pl_module: pl.LightningModule, stage: str = "test") -> None:
         try:
-            super()._attach(pl_module)
+            super()._attach(pl_module, stage)
         except Exception as e:  # noqa: BLE001 - the accuracy is the result; energy is extra
             self._detach()
             print(f"warning: no spike/energy report for this network: {one_line(e)}", file=sys.stderr)
