@@ -22,5 +22,8 @@ fi
 .venv/bin/python -m pip install -q -r docs/requirements.txt
 # the benchmark's SpikingJelly side, so the tests check the twin network (not a runtime dependency)
 .venv/bin/python -m pip install -q --no-deps -r bench/requirements.txt
+# NeuroBench for tests/test_neurobench.py, without its torch / torchaudio requirements (the torch
+# pinned above stays; its metrics import nothing else, see tests/requirements.txt)
+.venv/bin/python -m pip install -q --no-deps -r tests/requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 PYTHON=.venv/bin/python bash scripts/fetch_data.sh data
