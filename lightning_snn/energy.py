@@ -311,6 +311,11 @@ def title(totals: dict[str, float], model: str, dataset: str, convention: str = 
             f"(SNN) vs {totals['ann_energy_pj'] / 1e3:.4g} nJ (ANN), ratio {totals['energy_ratio_snn_over_ann']:.3f}")
 
 
+def _bar(v: float) -> float:
+    """A bar's height on the log axis: none (NaN) for a zero count."""
+    return v if v > 0 else float("nan")
+
+
 def plot(rows: list[LayerRow], path: Path, heading: str = "") -> None:
     """Bar charts: firing rate per spiking layer; operations per sample per layer (the SOPs of
     spiking layers, the MACs of analogue-fed ones such as the input layer, log scale)."""
@@ -328,14 +333,14 @@ def plot(rows: list[LayerRow], path: Path, heading: str = "") -> None:
     if rows and rows[0].convention == "neurobench":  # per connection layer: effective ACs and MACs
         syn = [r for r in rows if r.kind == "synaptic"]
         pos = range(len(syn))
-        b.bar([i - 0.2 for i in pos], [max(r.sops, 1e-9) for r in syn], width=0.4, color="tab:orange")
-        b.bar([i + 0.2 for i in pos], [max(r.macs, 1e-9) for r in syn], width=0.4, color="tab:green")
-        b.set_title("neurobench convention, per sample: effective MACs (green), ACs (orange)", fontsize=9)
+        b.bar([i - 0.2 for i in pos], [_bar(r.sops) for r in syn], width=0.4, color="tab:orange")
+        b.bar([i + 0.2 for i in pos], [_bar(r.macs) for r in syn], width=0.4, color="tab:green")
+        b.set_title("per sample: MACs (green), ACs (orange)", fontsize=9)
         b.set_xticks(pos, [r.layer for r in syn], rotation=60, ha="right", fontsize=7)
     else:
         ops = [(r.layer, r.macs, "tab:green") if r.kind != "spiking" else (r.layer, r.sops, "tab:orange") for r in rows]
-        b.bar(range(len(ops)), [max(v, 1e-9) for _, v, _ in ops], color=[c for _, _, c in ops])
-        b.set_title("project convention, per sample: MACs (green), SOPs (orange)", fontsize=9)
+        b.bar(range(len(ops)), [_bar(v) for _, v, _ in ops], color=[c for _, _, c in ops])
+        b.set_title("per sample: MACs (green), SOPs (orange)", fontsize=9)
         b.set_xticks(range(len(ops)), [n for n, _, _ in ops], rotation=60, ha="right", fontsize=7)
     b.set_yscale("log")
     if heading:
