@@ -223,12 +223,13 @@ def test_feedback_model_under_ide_counts_its_recurrent_synapses(tmp_path: Path) 
 
 
 def test_report_title_names_the_run_and_its_energy(tmp_path: Path) -> None:
-    """The chart's title: model, T, data set and the energy per sample, SNN vs ANN."""
+    """The chart's title: model, T, data set, counting convention and the energy per sample, SNN vs ANN."""
     from lightning_snn.energy import title
 
     totals = {"T": 4.0, "snn_energy_pj": 1852e3, "ann_energy_pj": 1870e3, "energy_ratio_snn_over_ann": 0.99}
     assert title(totals, "mlp", "fashion_mnist") == \
-        "mlp, T = 4, fashion_mnist: 1852 nJ per sample (SNN) vs 1870 nJ (ANN), ratio 0.990"
+        "mlp, T = 4, fashion_mnist, project convention: 1852 nJ per sample (SNN) vs 1870 nJ (ANN), ratio 0.990"
+    assert title(totals, "mlp", "fashion_mnist", "neurobench").startswith("mlp, T = 4, fashion_mnist, neurobench convention: ")
     module = SNNModule("mlp", num_classes=2, input_shape=(1, 2, 2), T=3, network_args={"hidden": [3]})
     cb = _run_report(module, torch.rand(4, 1, 2, 2), tmp_path)
     assert cb.title.startswith("mlp, T = 3, ") and "nJ per sample (SNN)" in cb.title
