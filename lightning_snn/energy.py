@@ -394,6 +394,10 @@ class SpikeEnergyReport(pl.Callback):
         self._stage = stage
         self._counts = NetworkCounts(net, tuple(pl_module.hparams.input_shape))
         if self.convention == "neurobench":
+            kind = getattr(net, "kind", "feedforward")
+            if kind != "feedforward":  # feedback / recurrent synapses are not all connection modules
+                raise ValueError(f"--convention neurobench counts feed-forward networks; {type(net).__name__} is "
+                                 f"{kind} (valid: a feed-forward network, or --convention project)")
             self._ops = NeuroBenchOps(net, int(pl_module.strategy.T))
             self._ops.attach()
         self._spikes: dict[str, Tensor] = {}

@@ -235,6 +235,12 @@ def test_conv_model_agrees_with_neurobench(tmp_path: Path) -> None:
     assert (tmp_path / "nb" / "spike_report.png").stat().st_size > 1000
 
 
-def test_unknown_convention_is_refused_in_one_line() -> None:
+def test_unknown_convention_and_feedback_networks_are_refused(tmp_path: Path) -> None:
+    """An unknown convention is one line naming the valid ones; a feedback network (IDE's f_mlp,
+    whose feedback weight is no connection module NeuroBench hooks) is refused under the
+    neurobench convention instead of being counted in part."""
     with pytest.raises(ValueError, match="convention must be one of project, neurobench, got 'nb'"):
         SpikeEnergyReport(convention="nb")
+    module = SNNModule("f_mlp", num_classes=3, input_shape=(1, 4, 4), T=4, strategy="ide")
+    with pytest.raises(ValueError, match="counts feed-forward networks; .* is feedback"):
+        _report(module, torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), tmp_path, "neurobench", 2)
