@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_snn.cli import main
+from lightning_snn.commands import _test_images, load_weights
+from lightning_snn.data import VisionDataModule
 from lightning_snn.energy import SpikeEnergyReport
 from lightning_snn.module import SNNModule
 from lightning_snn.nir import readers
@@ -118,8 +120,9 @@ def _bounds(net: nn.Module, check: dict, samples: int, batches: int) -> dict[str
             "accuracy": float(touched.sum()) / samples + batches * FLOAT32_MEAN}
 
 
-def _agree(cb: SpikeEnergyReport, res: dict, bound: dict[str, float]) -> None:
-    t, ops = cb.totals, res["SynapticOperations"]
+def _agree(t: dict[str, float], res: dict, bound: dict[str, float]) -> None:
+    """The report's totals ``t`` against NeuroBench's results, within what flips and rounding allow."""
+    ops = res["SynapticOperations"]
     assert t["accuracy"] == pytest.approx(res["ClassificationAccuracy"], abs=bound["accuracy"])
     assert t["activation_sparsity"] == pytest.approx(res["ActivationSparsity"], abs=bound["sparsity"])
     # the report sums per-layer quotients (count / samples), NeuroBench divides the sum: one
@@ -134,9 +137,6 @@ def _agree(cb: SpikeEnergyReport, res: dict, bound: dict[str, float]) -> None:
 
 def _fashion_mnist(n: int) -> tuple[Tensor, Tensor]:
     """The first ``n`` Fashion-MNIST test images, normalised as the data module does."""
-    from lightning_snn.commands import _test_images
-    from lightning_snn.data import VisionDataModule
-
     return _test_images(VisionDataModule("fashion_mnist", root=str(ROOT / "data"), eval_batch_size=n,
                                          num_workers=0), n)
 
@@ -154,15 +154,14 @@ def test_readme_model_agrees_with_neurobench(shared_mlp_checkpoint, tmp_path: Pa
           f"--trainer.default_root_dir={tmp_path / 'nb'}"])
     with open(tmp_path / "nb" / "spike_report.csv") as f:
         nb_rows = {(r["layer"], r["kind"]): r for r in csv.DictReader(f)}
-    main(["report", *common, "--out_dir", str(tmp_path / "project"), f"--trainer.default_root_dir={tmp_path / 'project'}"])
+    main(["report", *common, "--out_dir", str(tmp_path / "project"),
+          f"--trainer.default_root_dir={tmp_path / 'project'}"])
     with open(tmp_path / "project" / "spike_report.csv") as f:
         pr_rows = {(r["layer"], r["kind"]): r for r in csv.DictReader(f)}
     assert {r["convention"] for r in nb_rows.values()} == {"neurobench"}
     assert {r["convention"] for r in pr_rows.values()} == {"project"}
 
     x, y = _fashion_mnist(64)  # the two test batches of 32 the report ran on
-    from lightning_snn.commands import load_weights
-
     # the config's model (784-512-10, IF, T = 4) with the checkpoint's weights
     module = SNNModule("mlp", num_classes=10, input_shape=(1, 28, 28), T=4, network_args={"hidden": [512]})
     load_weights(module, str(ckpt))
@@ -173,15 +172,14 @@ def test_readme_model_agrees_with_neurobench(shared_mlp_checkpoint, tmp_path: Pa
     totals = {k: float(total[k]) for k in ("accuracy", "activation_sparsity", "sops", "dense",
                                            "footprint_bytes", "connection_sparsity")}
     totals["snn_macs"] = float(total["macs"])
-    _agree(type("R", (), {"totals": totals})(), res, bound)  # type: ignore[arg-type]
+    _agree(totals, res, bound)
     print(f"README MLP: {bound['flips']} flipped spikes; NeuroBench {res}")
 
     # the documented difference: input MACs once (project) vs at every step (neurobench, NeuroBench);
     # the hidden layer's spikes into the read-out are ACs in both, spike for spike
-    assert float(nb_rows[("layers_0_1", "synaptic")]["macs"]) == 4 * float(pr_rows[("layers_0_1", "analogue-input")]["macs"])
-    assert float(pr_rows[("layers_0_1", "analogue-input")]["macs"]) == 784 * 512
-    assert float(nb_rows[("layers_2_0", "synaptic")]["sops"]) == pytest.approx(float(pr_rows[("layers_1", "spiking")]["sops"]),
-                                                                                rel=1e-12)
+    input_macs = float(pr_rows[("layers_0_1", "analogue-input")]["macs"])
+    assert input_macs == 784 * 512 and float(nb_rows[("layers_0_1", "synaptic")]["macs"]) == 4 * input_macs
+    assert float(nb_rows[("layers_2_0", "synaptic")]["sops"]) == float(pr_rows[("layers_1", "spiking")]["sops"])
     assert float(pr_rows[("total_snn", "snn")]["macs"]) * 4 == float(total["macs"])
     assert float(total["sops"]) > 0
 
@@ -212,7 +210,7 @@ def test_conv_model_agrees_with_neurobench(tmp_path: Path) -> None:
     res, check = _neurobench(module.net, x, y, T, 8)
     bound = _bounds(module.net, check, len(x), 3)
     print(f"conv model: {bound['flips']} flipped spikes; NeuroBench {res}")
-    _agree(nb, res, bound)
+    _agree(nb.totals, res, bound)
     assert all(int(s.sum()) > 0 for s in check["ours"].values()), "every spiking layer fires"
 
     rows = {r.layer: r for r in nb.rows}
@@ -222,8 +220,8 @@ def test_conv_model_agrees_with_neurobench(tmp_path: Path) -> None:
     # after the pool: MACs on the nonzero pooled values, at most (one per spike) the project's ACs
     assert rows["layers_3_0"].sops == 0 and 0 < rows["layers_3_0"].macs <= prow["layers_1"].sops
     # spikes straight into a connection layer: ACs, spike for spike, in both conventions
-    assert rows["layers_5_1"].sops == pytest.approx(prow["layers_4"].sops, rel=1e-12)
-    assert rows["layers_7_0"].sops == pytest.approx(prow["layers_6"].sops, rel=1e-12)
+    assert rows["layers_5_1"].sops == prow["layers_4"].sops > 0
+    assert rows["layers_7_0"].sops == prow["layers_6"].sops > 0
     assert nb.totals["activation_sparsity"] == pr.totals["activation_sparsity"]
     # pruned weights: effective operations skip them, dense operations count every weight
     assert 0.3 < nb.totals["connection_sparsity"] < 0.37
