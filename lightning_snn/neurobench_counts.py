@@ -23,6 +23,7 @@ into its T steps, so the ``spiking`` test is made per step as NeuroBench makes i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -126,7 +127,7 @@ class NeuroBenchOps:
         layer = self.layers[n]
         x = x.detach()
         in_shape = tuple(x.shape[-1:]) if isinstance(layer, nn.Linear) else tuple(x.shape[1:])
-        rows = x.numel() // max(1, int(torch.tensor(in_shape).prod()))
+        rows = x.numel() // max(1, math.prod(in_shape))
         B = self._B or rows
         steps = rows // B if rows % B == 0 else 1  # [T*B, ...] folded sequence: T steps of B
         per = rows // steps
