@@ -19,6 +19,7 @@ import pytest
 
 from lightning_snn.suite.__main__ import main as suite_main
 from lightning_snn.suite.execute import read_metrics
+from lightning_snn.suite.plan import gpu_here
 from lightning_snn.suite.report import verdict, write_report
 from lightning_snn.suite.spec import Options, Reference, load_suite
 from procs import ROOT, child_env
@@ -469,6 +470,26 @@ def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_
     assert "#SBATCH --array=0-5" in res.stdout and "#SBATCH --gpus-per-node=2" in res.stdout
     assert "--trainer.devices=2" in res.stdout and "--trainer.strategy=ddp" in res.stdout
     assert "6 runs, 6 to train" in res.stdout and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(gpu_here(), reason="the refusal is for a machine without a GPU")
+def test_slurm_dry_run_without_a_gpu_says_how_to_get_the_plan(tmp_path, capsys, data_root):
+    """The estimate would time GPU steps: one line naming --no-measure / --accelerator cpu (not an
+    option the user never typed), exit 2, nothing written; --accelerator cpu then gives the plan."""
+    path = write_suite(tmp_path / "s.yaml", [row("a")], seeds=[0])
+    root = tmp_path / "runs"
+    opts = ["run", str(path), "--root", str(root), "--launcher", "slurm", "--partition", "debug",
+            "--time", "00:10:00", "--dry-run"]
+    extra = [a for a in tiny(data_root) if not a.startswith("--trainer.accelerator")]
+    assert suite_main([*opts, "--", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "step-time estimate" in err[-1] and "this machine has none" in err[-1], err
+    assert "--no-measure" in err[-1] and "--accelerator cpu" in err[-1] and "trainer.accelerator" not in err[-1]
+    assert not root.exists()
+    assert suite_main([*opts, "--accelerator", "cpu", "--", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "| cpu:1" in out and "measured on cpu" in out, out
+    assert not root.exists()
 
 
 @pytest.mark.slow

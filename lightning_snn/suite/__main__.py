@@ -131,6 +131,8 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
         elif state in ("pending", "interrupted") or (state == "failed" and opts.retry_failed):
             todo.append(r)
         lines.append((r, state, detail))
+    if ns.dry_run and not ns.no_measure:
+        _check_measurable(todo, checks, ns.launcher)
     if ns.dry_run:
         print_plan(suite, lines, checks, opts, measure=not ns.no_measure, launcher=ns.launcher,
                    parallel=ns.parallel)
@@ -154,6 +156,20 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     except argparse.ArgumentTypeError as e:
         raise SuiteError(f"--resources-per-run: {e}") from None
     return launchers.run_ray(suite, todo, opts, resources, ns.address, ns.num_cpus, ns.max_failures)
+
+
+def _check_measurable(todo: list[RunSpec], checks: dict, launcher: str) -> None:
+    """A dry run times a few steps of each row on this machine, with the device its runs will use: a
+    GPU run on a machine without one is refused before anything is timed, naming what gives the plan."""
+    from lightning_snn.suite.plan import gpu_here
+
+    gpu_rows = [r.row.name for r in todo if str(checks[r.row.name].config.trainer.accelerator) in ("gpu", "cuda")]
+    if not gpu_rows or gpu_here():
+        return
+    cpu = "--accelerator cpu" if launcher == "slurm" else "-- --trainer.accelerator cpu"
+    raise SuiteError(f"--dry-run: the step-time estimate of {', '.join(dict.fromkeys(gpu_rows))} times steps on "
+                     f"a GPU, and this machine has none (valid: --no-measure for the plan without the estimate, "
+                     f"or {cpu} to estimate on this machine's CPUs)")
 
 
 def _slurm_options(ns: argparse.Namespace) -> "SlurmOptions":
