@@ -454,6 +454,41 @@ def test_bad_option_is_one_line_naming_it_with_exit_2(override, expected, data_r
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.parametrize("how", ["command line", "yaml"])
+@pytest.mark.parametrize("value, expected", [
+    ("fast", "model.optimizer.init_args.lr: expected a number, got 'fast' for torch.optim.Adam (valid: a number)"),
+    ("-1.0", "model.optimizer.init_args.lr must be a finite number > 0, got -1.0"),
+])
+def test_bad_injected_optimizer_lr_names_init_args_lr_and_writes_nothing(how, value, expected, data_root, tmp_path,
+                                                                          capsys):
+    """``model.optimizer: {class_path: torch.optim.Adam, init_args: {lr: ...}}`` with a value of the
+    wrong type or out of range: one line naming the full key and value, and no run folder (no
+    ``version_N/config.yaml``) left behind."""
+    run = tmp_path / "run"
+    flat = ["--model.lr=null", "--model.weight_decay=null"]  # the demo config's flat AdamW settings
+    if how == "yaml":
+        config = tmp_path / "adam.yaml"
+        config.write_text("model:\n  optimizer:\n    class_path: torch.optim.Adam\n"
+                          f"    init_args: {{lr: {value}}}\n")
+        extra = [*flat, "--config", str(config)]
+    else:
+        extra = [*flat, "--model.optimizer=torch.optim.Adam", "--model.optimizer.init_args.lr", value]
+    line = one_line_error(capsys, fit_args(data_root, run, *extra))
+    assert expected in line, line
+    assert not run.exists(), sorted(tmp_path.rglob("*"))
+
+
+def test_injected_optimizer_settings_torch_refuses_are_named_before_the_run_starts(data_root, tmp_path, capsys):
+    """A value torch's optimiser checks itself (Adam's beta in [0, 1)) is found when the model is
+    built and named by its ``init_args`` key, not raised from inside ``configure_optimizers``."""
+    run = tmp_path / "run"
+    line = one_line_error(capsys, fit_args(data_root, run, "--model.lr=null", "--model.weight_decay=null",
+                                           "--model.optimizer=torch.optim.Adam",
+                                           "--model.optimizer.init_args.betas=[1.5, 0.9]"))
+    assert "model.optimizer.init_args.betas (1.5, 0.9)" in line and "Invalid beta parameter" in line, line
+    assert not run.exists()
+
+
 def test_dsr_with_leftover_strategy_args_names_the_model_mismatch(data_root, tmp_path, capsys):
     args = ["fit", "--config", str(CONFIGS / "cifar10_vgg11fws_ottt_a.yaml"), f"--data.root={data_root}",
             f"--trainer.default_root_dir={tmp_path}", "--model.strategy=dsr"]
