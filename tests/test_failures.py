@@ -272,13 +272,13 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 
 def test_unwritable_checkpoint_directory_fails_before_training(data_root, tmp_path, capsys):
-    """Found after the logger started: the empty log folders the run created are removed, a folder
-    that was there before is kept."""
+    """Found before the run creates anything (no log folder left), naming the option; a folder that
+    was there before is kept."""
     blocker = tmp_path / "file"
     blocker.write_text("a file where the checkpoint folder should be")
     args = fit_args(data_root, tmp_path / "run", f"--checkpoint.dirpath={blocker / 'ckpts'}", epochs=1)
     line = one_line_error(capsys, args)
-    assert f"checkpoint directory {blocker / 'ckpts'} is not writable" in line
+    assert f"--checkpoint.dirpath {blocker / 'ckpts'}: {blocker} is a file, not a folder" in line, line
     assert not (tmp_path / "run").exists()
     (tmp_path / "run" / "lightning_logs" / "version_0").mkdir(parents=True)  # an earlier run's
     one_line_error(capsys, args)
@@ -487,6 +487,14 @@ def test_injected_optimizer_settings_torch_refuses_are_named_before_the_run_star
                                            "--model.optimizer.init_args.betas=[1.5, 0.9]"))
     assert "model.optimizer.init_args.betas (1.5, 0.9)" in line and "Invalid beta parameter" in line, line
     assert not run.exists()
+
+
+def test_an_unwritable_run_folder_is_one_line_naming_the_option(data_root, unwritable_dir, capsys):
+    """``--trainer.default_root_dir`` (and the logger / checkpoint folders under it) on a read-only
+    file system or under a file: one line naming the option and folder, exit 2, before the run starts."""
+    line = one_line_error(capsys, fit_args(data_root, unwritable_dir))
+    assert line.startswith(f"error: --trainer.default_root_dir {unwritable_dir}: "), line
+    assert "is not writable" in line or "is a file, not a folder" in line, line
 
 
 def test_dsr_with_leftover_strategy_args_names_the_model_mismatch(data_root, tmp_path, capsys):

@@ -114,6 +114,20 @@ def test_a_negative_seed_and_a_bad_row_override_fail_before_anything_trains(tmp_
     assert "row 'b'" in err[-1] and "T must be a positive integer, got 0" in err[-1], err
     assert not root.exists()
 
+@pytest.mark.parametrize("command", [["run"], ["report"], ["execute", "--row", "a", "--seed", "0"]])
+def test_an_unwritable_root_is_one_line_naming_it(tmp_path, capsys, unwritable_dir, command):
+    """``--root`` on a read-only file system or under a file: one line naming the option and the
+    folder, exit 2 (not a chain of tracebacks); ``status`` only reads, and still answers."""
+    path = write_suite(tmp_path / "s.yaml", [row("a")], seeds=[0])
+    assert suite_main([command[0], str(path), "--root", str(unwritable_dir), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --root {unwritable_dir}: "), err
+    assert "is not writable" in err[0] or "is a file, not a folder" in err[0], err
+    assert not unwritable_dir.exists()
+    assert suite_main(["status", str(path), "--root", str(unwritable_dir)]) == 0
+    assert "a/seed0" in capsys.readouterr().out
+
+
 def test_a_key_given_twice_in_a_suite_file_names_file_line_and_key(tmp_path, capsys):
     path = write_suite(tmp_path / "twice.yaml", [row("a")])
     path.write_text(path.read_text().replace("  protocol: final", "  protocol: final\n    protocol: best_epoch"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lightning_snn.errors import OneLineArgumentParser, run_main
+from lightning_snn.rundirs import require_writable
 from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_suite
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
                       *opts.extra]
     if ns.parallel < 1:
         raise SuiteError(f"--parallel {ns.parallel} (valid: an integer >= 1)")
+    if not ns.dry_run:  # a dry run writes nothing
+        require_writable(opts.root, "--root")
     runs = _runs(suite, ns)
     checks: dict[str, plan.RowCheck] = {}
     for r in runs:  # every row's command line and data, before anything starts
@@ -257,6 +260,7 @@ def cmd_report(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     if ns.rows:
         suite = Suite(suite.name, suite.path, suite.description, suite.seeds,
                       tuple(suite.row(n) for n in ns.rows))
+    require_writable(ns.out or opts.root, "--out" if ns.out else "--root")
     rows, runs = write_report(suite, opts, Path(ns.out) if ns.out else None)
     out = Path(ns.out or Path(opts.root) / suite.name)
     print((out / "results.md").read_text())
@@ -269,6 +273,7 @@ def cmd_publish(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.suite.report import write_report
 
     to = Path(ns.to)
+    require_writable(to, "--to")
     copied = publish.copy_results(suite, opts.root, to)
     write_report(suite, Options(root=to))
     (to / publish.SUMMARY).write_text(publish.summary(to))
@@ -287,6 +292,7 @@ def cmd_execute(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.checkpoints import TrainingInterrupted
     from lightning_snn.suite.execute import BUSY_EXIT, execute
 
+    require_writable(opts.root, "--root")
     try:
         state = execute(suite.select([ns.row], [ns.seed])[0], opts)
     except TrainingInterrupted as stop:  # checkpoint saved (SIGTERM / SIGUSR1): resumable, not failed
