@@ -215,7 +215,9 @@ class SNNCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a failed run leaves no empty log / checkpoint folder, and out of memory becomes one
         line with the batch size, T and the peak memory tried."""
-        require_writable_run_dirs(self.trainer)  # a read-only folder: one line, not a chain of tracebacks
+        if subcommand in ("fit", "validate", "test"):  # they write logs (and fit checkpoints)
+            # a read-only folder: one line naming it, not a chain of tracebacks
+            require_writable_run_dirs(self.trainer, checkpoints=subcommand == "fit")
         created = planned_dirs(self.trainer)
         try:
             super()._run_subcommand(subcommand)
