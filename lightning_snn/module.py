@@ -94,6 +94,9 @@ def _check_options(*, T: Any, lr: float | None, momentum: float | None, weight_d
         raise _bad("milestones", list(milestones), "epochs >= 0")
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
 def _check_injected_optimizer(optimizer: Any) -> None:
     """An injected optimiser's ``init_args`` out of range fail when the model is built, naming
     ``model.optimizer.init_args.<key>`` (not later, inside torch, after the run's folder and
@@ -110,8 +113,8 @@ def _check_injected_optimizer(optimizer: Any) -> None:
     try:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
     except ValueError as e:  # torch's own range checks, e.g. "Invalid beta parameter at index 0: 1.5"
-        numbers = set(re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", str(e)))
-        keys = [k for k, v in args.items() if numbers & set(re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", str(v)))]
+        numbers = set(_NUMBER.findall(str(e)))  # the setting named by the value torch quotes
+        keys = [k for k, v in args.items() if numbers & set(_NUMBER.findall(str(v)))]
         where = f"model.optimizer.init_args.{keys[0]} {args[keys[0]]!r}" if len(keys) == 1 else "model.optimizer.init_args"
         raise ValueError(f"{where}: {name} refuses it: {e} (valid: values {name} accepts)") from None
     except Exception:  # noqa: BLE001 - anything else (e.g. a device-only optimiser) is left to the run itself
