@@ -118,17 +118,6 @@ def neuron_node(layer: LIF, shape: Sequence[int], dt: float) -> nir.NIRNode:
                    v_reset=full(0.0), metadata=meta)
 
 
-def leak_of_tau(tau: float, dt: float, stated: Any = None) -> float:
-    """The per-step leak of an LIF node, ``lambda = 1 - dt / tau``: the graph's ``tau`` decides it.
-    A leak ``stated`` in the node's metadata (as this export writes) is taken instead only where it
-    agrees with it to the float32 rounding of ``tau`` (``1 - dt / tau`` is then off by ~1e-8), so a
-    file whose ``tau`` says another leak is read with the leak its ``tau`` says."""
-    leak = 1.0 - dt / tau
-    if stated is not None and abs(float(stated) - leak) <= 1e-5 * max(1.0, dt / tau):
-        return float(stated)
-    return leak
-
-
 def _weight(m: nn.Module) -> Tensor:
     return m.effective_weight() if isinstance(m, TraceSynapse) else m.weight
 

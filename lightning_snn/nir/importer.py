@@ -29,7 +29,7 @@ from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.deep import Delay, run_step_by_step
 from lightning_snn.models.init import FROM_FILE
 from lightning_snn.neurons import LIF, NeuronConfig
-from lightning_snn.nir.export import leak_of_tau
+from lightning_snn.nir.convention import leak_of_tau
 
 
 class NIRImportError(ValueError):

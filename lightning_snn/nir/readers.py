@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_snn.nir.convention import leak_of_tau
+
 DEFAULT_DT = 1e-4
 
 
@@ -138,8 +140,6 @@ def read_snntorch(graph: nir.NIRGraph | str | Path) -> nn.Module:
             m.beta = torch.tensor(1.0)
             m.reset_delay = True  # the reset of step t-1 taken at step t: exactly ours for IF
         else:
-            from lightning_snn.nir.export import leak_of_tau
-
             # the file's tau decides the leak (its metadata's exact value only where they agree)
             leak = leak_of_tau(float(np.asarray(node.tau).flat[0]), dt, (node.metadata or {}).get("leak"))
             m.beta = torch.tensor(leak)
