@@ -43,7 +43,7 @@ from lightning_snn.data import VisionDataModule
 from lightning_snn.errors import UsageError, one_line, run_cli
 from lightning_snn.module import SNNModule
 from lightning_snn.profiling import is_out_of_memory, memory_peak_text
-from lightning_snn.rundirs import planned_dirs, remove_empty
+from lightning_snn.rundirs import planned_dirs, remove_empty, require_writable_run_dirs
 from lightning_snn.yamlfile import install_jsonargparse_loader
 
 
@@ -215,6 +215,9 @@ class SNNCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a failed run leaves no empty log / checkpoint folder, and out of memory becomes one
         line with the batch size, T and the peak memory tried."""
+        if subcommand in ("fit", "validate", "test"):  # they write logs (and fit checkpoints)
+            # a read-only folder: one line naming it, not a chain of tracebacks
+            require_writable_run_dirs(self.trainer, checkpoints=subcommand == "fit")
         created = planned_dirs(self.trainer)
         try:
             super()._run_subcommand(subcommand)

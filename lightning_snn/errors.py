@@ -57,6 +57,7 @@ _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "st
 _EXPECTED = re.compile(r"Expected a <class '(\w+)'>\. Got value: (.*)")
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(.*)\]")
 _GIVEN = re.compile(r"Given value: (.*)")
+_EXPECTED_KIND = re.compile(r"Expected a <class '(\w+)'>")
 
 
 def parser_error_line(message: str) -> str:
@@ -94,12 +95,38 @@ def parser_error_line(message: str) -> str:
     return f"{line} (valid: the options listed by --help)"
 
 
+_INIT_ARG = re.compile(r'expects a function or a callable class: Parser key "([^"]+)":')
+_INIT_GOT = re.compile(r"(?:Given|Got) value: (.*?)\. Got value: Namespace\(class_path='([^']+)'")
+
+
+def init_arg_error_line(exc: BaseException) -> str | None:
+    """One line for an injected class's ``init_args`` value of the wrong type (``--model.optimizer.
+    init_args.lr fast``), or ``None``: jsonargparse names only the union (``model.optimizer``) in the
+    error it raises; the argument, its value and the type it needs are in the errors it chains."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 20:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    arg, outer = _INIT_ARG.search(text), _PARSER_KEY.search(chain[0])
+    got = _INIT_GOT.search(text, arg.end()) if arg else None
+    if not (arg and got and outer):
+        return None
+    kinds = [_KINDS.get(k, f"a {k}") for k in _EXPECTED_KIND.findall(text[arg.end():])]
+    valid = " or ".join(dict.fromkeys(kinds)) or f"a value {got.group(2)} accepts"
+    return f"{outer.group(1)}.init_args.{arg.group(1)}: expected {valid}, got {got.group(1)!r} for " \
+           f"{got.group(2)} (valid: {valid})"
+
+
 def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line (newlines of multi-line messages folded to ``; ``); a parser
     error (also one raised while instantiating) is reduced to the full option key and the
     innermost reason."""
     text = str(exc)
     if isinstance(exc, ArgumentError) or "Parser key" in text or "Does not validate" in text:
+        init_arg = init_arg_error_line(exc)
+        if init_arg:
+            return init_arg
         return " ".join(parser_error_line(text).split())
     text = text.strip() or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:

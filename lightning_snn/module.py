@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, Literal, Union
@@ -40,7 +41,8 @@ def _class_name(choice: Any) -> str:
     """``torch.optim.Adam`` for an injected optimiser / schedule (a partial, a class, a function)."""
     if hasattr(choice, "get") and choice.get("class_path"):  # the CLI's config dict
         return str(choice["class_path"])
-    f = getattr(choice, "func", choice)
+    # jsonargparse's partial wraps the class as call_without_instantiate_context(instantiator, cls)
+    f = next((a for a in getattr(choice, "args", ()) if isinstance(a, type)), getattr(choice, "func", choice))
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
 
 
@@ -90,6 +92,33 @@ def _check_options(*, T: Any, lr: float | None, momentum: float | None, weight_d
         raise _bad("warmup_steps", warmup_steps, "an integer >= 0")
     if any(m < 0 for m in milestones):
         raise _bad("milestones", list(milestones), "epochs >= 0")
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def _check_injected_optimizer(optimizer: Any) -> None:
+    """An injected optimiser's ``init_args`` out of range fail when the model is built, naming
+    ``model.optimizer.init_args.<key>`` (not later, inside torch, after the run's folder and
+    ``config.yaml`` were written): its ``lr`` is checked as ``model.lr`` is, and the class itself is
+    tried once on a one-element parameter for the checks it makes of its own settings."""
+    if isinstance(optimizer, str) or not callable(optimizer):
+        return
+    name = _class_name(optimizer)
+    args = dict(getattr(optimizer, "keywords", None) or {})  # jsonargparse's partial: init_args with defaults
+    lr = args.get("lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"model.optimizer.init_args.lr must be a finite number > 0, got {lr!r} "
+                         f"({name}) (valid: a finite number > 0)")
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as e:  # torch's own range checks, e.g. "Invalid beta parameter at index 0: 1.5"
+        numbers = set(_NUMBER.findall(str(e)))  # the setting named by the value torch quotes
+        keys = [k for k, v in args.items() if numbers & set(_NUMBER.findall(str(v)))]
+        where = f"model.optimizer.init_args.{keys[0]} {args[keys[0]]!r}" if len(keys) == 1 else "model.optimizer.init_args"
+        raise ValueError(f"{where}: {name} refuses it: {e} (valid: values {name} accepts)") from None
+    except Exception:  # noqa: BLE001 - anything else (e.g. a device-only optimiser) is left to the run itself
+        pass
 
 
 class SNNModule(pl.LightningModule):
@@ -149,6 +178,7 @@ class SNNModule(pl.LightningModule):
         super().__init__()
         _check_options(T=T, lr=lr, momentum=momentum, weight_decay=weight_decay, gamma=gamma,
                        warmup_steps=warmup_steps, milestones=milestones)
+        _check_injected_optimizer(optimizer)
         self.save_hyperparameters()
         resolve_flat_options(self.hparams)
         self._choices = {"optimizer": optimizer, "scheduler": scheduler}

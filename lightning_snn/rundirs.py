@@ -5,7 +5,9 @@ before the data module and the callbacks are set up, so an error found there use
 ``lightning_logs/version_N`` folders, each taking the next version number. The command line notes
 the local folders a run is going to create; if the run fails, those still empty are removed
 (a folder with anything but the run's ``config.yaml`` / ``hparams.yaml`` in it, e.g. a failed
-run's metrics or checkpoints, is kept).
+run's metrics or checkpoints, is kept). Before that, the folders a command will write are probed
+(:func:`require_writable`): a read-only file system or a path under a file is one line naming the
+option, not a chain of tracebacks from the first ``mkdir``.
 """
 
 from __future__ import annotations
@@ -48,3 +50,45 @@ def remove_empty(dirs: list[Path]) -> None:
                 path.rmdir()
         except OSError:  # gone, or written meanwhile
             pass
+
+
+def require_writable(path: str | Path, option: str) -> None:
+    """Raise a one-line ``UsageError`` naming ``option`` and ``path`` unless this process can create
+    files at ``path``: its nearest existing folder is probed by creating (and removing) a file there,
+    which, unlike the mode bits, also finds a read-only file system and holds for root. Nothing is
+    created at ``path`` itself."""
+    import tempfile
+
+    from lightning_snn.errors import UsageError
+
+    if "://" in str(path):  # remote storage: its own client reports
+        return
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is a file, not a folder, so {target} cannot be created "
+                         "(valid: a folder path this user can write)")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".lsnn-write-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{option} {path}: {existing} is not writable ({e.strerror or e}) "
+                         "(valid: a folder this user can write, on a writable file system)") from None
+
+
+def require_writable_run_dirs(trainer: pl.Trainer, checkpoints: bool = True) -> None:
+    """The folders ``trainer``'s local loggers and (``checkpoints``: a fit) checkpoint callbacks
+    write, each checked with :func:`require_writable` before the run creates anything, named by the
+    option that sets it."""
+    root = Path(trainer.default_root_dir).absolute()
+    for lg in trainer.loggers:
+        if isinstance(lg, (CSVLogger, TensorBoardLogger)):
+            own = Path(lg.save_dir).absolute() != root  # Lightning's default logger writes under the root
+            require_writable(lg.save_dir, "--trainer.logger.init_args.save_dir" if own else "--trainer.default_root_dir")
+    for cb in trainer.checkpoint_callbacks if checkpoints else []:
+        if cb.dirpath:
+            require_writable(cb.dirpath, "--checkpoint.dirpath")
+        elif not trainer.loggers:  # no logger: checkpoints go to <default_root_dir>/checkpoints
+            require_writable(root, "--trainer.default_root_dir")

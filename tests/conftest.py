@@ -326,3 +326,24 @@ def submit_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
+
+
+@pytest.fixture(params=["under a file", "read-only mount"])
+def unwritable_dir(request, tmp_path) -> Path:
+    """A folder path this process cannot create files in, even as root (where mode bits such as
+    ``chmod 0500`` do not stop writes): a path under a regular file, or a read-only tmpfs mount
+    (skipped where mounting is not permitted)."""
+    if request.param == "under a file":
+        (tmp_path / "a-file").write_text("not a folder\n")
+        yield tmp_path / "a-file" / "runs"
+        return
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        pytest.skip(f"a read-only tmpfs cannot be mounted here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mount / "runs"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -272,13 +272,13 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 
 def test_unwritable_checkpoint_directory_fails_before_training(data_root, tmp_path, capsys):
-    """Found after the logger started: the empty log folders the run created are removed, a folder
-    that was there before is kept."""
+    """Found before the run creates anything (no log folder left), naming the option; a folder that
+    was there before is kept."""
     blocker = tmp_path / "file"
     blocker.write_text("a file where the checkpoint folder should be")
     args = fit_args(data_root, tmp_path / "run", f"--checkpoint.dirpath={blocker / 'ckpts'}", epochs=1)
     line = one_line_error(capsys, args)
-    assert f"checkpoint directory {blocker / 'ckpts'} is not writable" in line
+    assert f"--checkpoint.dirpath {blocker / 'ckpts'}: {blocker} is a file, not a folder" in line, line
     assert not (tmp_path / "run").exists()
     (tmp_path / "run" / "lightning_logs" / "version_0").mkdir(parents=True)  # an earlier run's
     one_line_error(capsys, args)
@@ -452,6 +452,49 @@ def test_bad_option_is_one_line_naming_it_with_exit_2(override, expected, data_r
     line = one_line_error(capsys, fit_args(data_root, tmp_path, *override))
     assert expected in line, line
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("how", ["command line", "yaml"])
+@pytest.mark.parametrize("value, expected", [
+    ("fast", "model.optimizer.init_args.lr: expected a number, got 'fast' for torch.optim.Adam (valid: a number)"),
+    ("-1.0", "model.optimizer.init_args.lr must be a finite number > 0, got -1.0"),
+])
+def test_bad_injected_optimizer_lr_names_init_args_lr_and_writes_nothing(how, value, expected, data_root, tmp_path,
+                                                                          capsys):
+    """``model.optimizer: {class_path: torch.optim.Adam, init_args: {lr: ...}}`` with a value of the
+    wrong type or out of range: one line naming the full key and value, and no run folder (no
+    ``version_N/config.yaml``) left behind."""
+    run = tmp_path / "run"
+    flat = ["--model.lr=null", "--model.weight_decay=null"]  # the demo config's flat AdamW settings
+    if how == "yaml":
+        config = tmp_path / "adam.yaml"
+        config.write_text("model:\n  optimizer:\n    class_path: torch.optim.Adam\n"
+                          f"    init_args: {{lr: {value}}}\n")
+        extra = [*flat, "--config", str(config)]
+    else:
+        extra = [*flat, "--model.optimizer=torch.optim.Adam", "--model.optimizer.init_args.lr", value]
+    line = one_line_error(capsys, fit_args(data_root, run, *extra))
+    assert expected in line, line
+    assert not run.exists(), sorted(tmp_path.rglob("*"))
+
+
+def test_injected_optimizer_settings_torch_refuses_are_named_before_the_run_starts(data_root, tmp_path, capsys):
+    """A value torch's optimiser checks itself (Adam's beta in [0, 1)) is found when the model is
+    built and named by its ``init_args`` key, not raised from inside ``configure_optimizers``."""
+    run = tmp_path / "run"
+    line = one_line_error(capsys, fit_args(data_root, run, "--model.lr=null", "--model.weight_decay=null",
+                                           "--model.optimizer=torch.optim.Adam",
+                                           "--model.optimizer.init_args.betas=[1.5, 0.9]"))
+    assert "model.optimizer.init_args.betas (1.5, 0.9)" in line and "Invalid beta parameter" in line, line
+    assert not run.exists()
+
+
+def test_an_unwritable_run_folder_is_one_line_naming_the_option(data_root, unwritable_dir, capsys):
+    """``--trainer.default_root_dir`` (and the logger / checkpoint folders under it) on a read-only
+    file system or under a file: one line naming the option and folder, exit 2, before the run starts."""
+    line = one_line_error(capsys, fit_args(data_root, unwritable_dir))
+    assert line.startswith(f"error: --trainer.default_root_dir {unwritable_dir}: "), line
+    assert "is not writable" in line or "is a file, not a folder" in line, line
 
 
 def test_dsr_with_leftover_strategy_args_names_the_model_mismatch(data_root, tmp_path, capsys):

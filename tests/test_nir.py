@@ -4,6 +4,7 @@ SpikingJelly from the file (``lightning_snn.nir.readers``) and their spikes comp
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lightning_snn.models.feedforward import _Sequential
 from lightning_snn.neurons import NeuronConfig, weighted_rate
 from lightning_snn.nir.export import NIRExportError, check_strategy, to_nir, write_nir
 from lightning_snn.nir import readers
-from lightning_snn.nir.verify import agreement, class_scores, record_spikes
+from lightning_snn.nir.verify import agreement, class_scores, record_feedback_steps, record_spikes
 from lightning_snn.nir.importer import NIRImportError, NIRNet
 from lightning_snn.strategies import STRATEGIES
 import nir_libs
@@ -251,23 +252,33 @@ NORSE_IF = {
 }
 
 
+def _ours(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The trained network's own run on ``x``: its outputs per step and every layer's spikes (a
+    feedback model step by step with its own layers, as its file computes it)."""
+    return record_feedback_steps(net, x) if net.kind == "feedback" else record_spikes(net, x)
+
+
+def _library_run(library: str, graph: nir.NIRGraph, x: torch.Tensor):
+    return readers.run(readers.READERS[library](graph), x, library)
+
+
 @pytest.mark.parametrize("library", ["snntorch", "norse", "spikingjelly"])
 @pytest.mark.parametrize("leak", [1.0, 0.9])
 @pytest.mark.parametrize("name", sorted(CROSS))
 def test_other_library_runs_our_file(library: str, name: str, leak: float, fmnist, tmp_path: Path) -> None:
-    """The file read by ``lightning_snn.nir.readers`` computes our network in snnTorch, Norse and
-    SpikingJelly: the same spikes in every layer and the same outputs, except Norse's IF, whose
-    reset to 0 gives the measured agreement and is reproduced exactly by our network run with
-    Norse's rule."""
+    """The file read by ``lightning_snn.nir.readers`` computes the trained network in snnTorch,
+    Norse and SpikingJelly: the same spikes in every layer as the trained network's own run (a
+    feedback model step by step, not a re-import of the file) and the same outputs, except
+    Norse's IF, whose reset to 0 gives the measured agreement and is reproduced exactly by the
+    trained network run with Norse's rule."""
     if library == "spikingjelly":
         require("spikingjelly.activation_based.nir_exchange")
     net = _trained(name, leak, fmnist, CROSS[name])
     graph = nir.read(str(write_nir(to_nir(net, (1, 28, 28)), tmp_path / "m.nir")))
     x = fmnist[0][:32].unsqueeze(0).expand(6, 32, 1, 28, 28)  # T = 6 steps, 32 samples
-    ref_net = NIRNet(graph).eval() if net.kind == "feedback" else net
-    y, s = record_spikes(ref_net, x)
+    y, s = _ours(net, x)
     assert all(v.mean() > 0.005 for v in s.values()), {k: float(v.mean()) for k, v in s.items()}
-    y2, s2 = readers.run(readers.READERS[library](graph), x, library)
+    y2, s2 = _library_run(library, graph, x)
     agree = agreement(s, s2)
     scores = lambda out: class_scores(graph, out.reshape(y.shape))  # noqa: E731
     same_pred = float((scores(y2).argmax(-1) == scores(y).argmax(-1)).float().mean())
@@ -275,12 +286,52 @@ def test_other_library_runs_our_file(library: str, name: str, leak: float, fmnis
         least, pred = NORSE_IF[name]
         assert all(agree[k] >= least[k] for k in s) and min(agree.values()) < 1.0, agree
         assert same_pred >= pred
-        emulated = agreement(nir_libs.ours_with_rule(ref_net, x, nir_libs.norse_if_rule), s2)
+        if net.kind == "feedback":
+            rule = lambda layer, i: nir_libs.norse_if_rule(layer, i.unsqueeze(0))[0]  # noqa: E731
+            emulated = agreement(record_feedback_steps(net, x, rule)[1], s2)
+        else:
+            emulated = agreement(nir_libs.ours_with_rule(net, x, nir_libs.norse_if_rule), s2)
         assert emulated == {k: 1.0 for k in s}, emulated
         return
     assert agree == {k: 1.0 for k in s}, agree
     assert same_pred == 1.0
+    # the same spikes: the outputs differ only by the libraries' summation order (BN folded into
+    # the weights, float32: ~1e-6 relative of the largest score)
     torch.testing.assert_close(y2.reshape(y.shape), y, rtol=1e-4, atol=1e-4)
+    if net.kind == "feedback":  # the step-by-step run is the trained model's own forward
+        torch.testing.assert_close(class_scores(graph, y), net(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def _mutated(graph: nir.NIRGraph, field: str) -> nir.NIRGraph:
+    """The graph as an export with one wrong value would write it: every threshold 10 % high, or
+    every LIF's tau that of leak 0.8 (``r = tau / dt`` kept consistent) with the metadata's leak
+    left as it was."""
+    g = copy.deepcopy(graph)
+    dt = float(g.metadata["dt"])
+    for node in g.nodes.values():
+        if field == "v_threshold" and isinstance(node, (nir.IF, nir.LIF)):
+            node.v_threshold = node.v_threshold * np.float32(1.1)
+        if field == "tau" and isinstance(node, nir.LIF):
+            node.tau = np.full_like(node.tau, dt / (1.0 - 0.8))
+            node.r = node.tau / dt
+    return g
+
+
+@pytest.mark.parametrize("library", ["snntorch", "norse", "spikingjelly"])
+@pytest.mark.parametrize("field", ["v_threshold", "tau"])
+@pytest.mark.parametrize("name", ["f_mlp", "mlp"])
+def test_a_wrong_exported_value_fails_the_library_check(library: str, field: str, name: str, fmnist) -> None:
+    """Mutation check of the case above: a file with a wrong threshold, or a wrong tau (the leak
+    the libraries read from it), no longer gives the trained network's spikes in any library."""
+    if library == "spikingjelly":
+        require("spikingjelly.activation_based.nir_exchange")
+    net = _trained(name, 0.9, fmnist, CROSS[name])
+    graph = to_nir(net, (1, 28, 28))
+    x = fmnist[0][:32].unsqueeze(0).expand(6, 32, 1, 28, 28)
+    _, s = _ours(net, x)
+    assert agreement(s, _library_run(library, graph, x)[1]) == {k: 1.0 for k in s}  # the file as written
+    agree = agreement(s, _library_run(library, _mutated(graph, field), x)[1])
+    assert min(agree.values()) < 1.0, agree
 
 
 def test_dsr_neurons_are_refused_unless_they_are_nirs() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from lightning_snn.suite.__main__ import main as suite_main
 from lightning_snn.suite.execute import read_metrics
+from lightning_snn.suite.plan import gpu_here
 from lightning_snn.suite.report import verdict, write_report
 from lightning_snn.suite.spec import Options, Reference, load_suite
 from procs import ROOT, child_env
@@ -112,6 +113,20 @@ def test_a_negative_seed_and_a_bad_row_override_fail_before_anything_trains(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert "row 'b'" in err[-1] and "T must be a positive integer, got 0" in err[-1], err
     assert not root.exists()
+
+@pytest.mark.parametrize("command", [["run"], ["report"], ["execute", "--row", "a", "--seed", "0"]])
+def test_an_unwritable_root_is_one_line_naming_it(tmp_path, capsys, unwritable_dir, command):
+    """``--root`` on a read-only file system or under a file: one line naming the option and the
+    folder, exit 2 (not a chain of tracebacks); ``status`` only reads, and still answers."""
+    path = write_suite(tmp_path / "s.yaml", [row("a")], seeds=[0])
+    assert suite_main([command[0], str(path), "--root", str(unwritable_dir), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --root {unwritable_dir}: "), err
+    assert "is not writable" in err[0] or "is a file, not a folder" in err[0], err
+    assert not unwritable_dir.exists()
+    assert suite_main(["status", str(path), "--root", str(unwritable_dir)]) == 0
+    assert "a/seed0" in capsys.readouterr().out
+
 
 def test_a_key_given_twice_in_a_suite_file_names_file_line_and_key(tmp_path, capsys):
     path = write_suite(tmp_path / "twice.yaml", [row("a")])
@@ -469,6 +484,26 @@ def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_
     assert "#SBATCH --array=0-5" in res.stdout and "#SBATCH --gpus-per-node=2" in res.stdout
     assert "--trainer.devices=2" in res.stdout and "--trainer.strategy=ddp" in res.stdout
     assert "6 runs, 6 to train" in res.stdout and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(gpu_here(), reason="the refusal is for a machine without a GPU")
+def test_slurm_dry_run_without_a_gpu_says_how_to_get_the_plan(tmp_path, capsys, data_root):
+    """The estimate would time GPU steps: one line naming --no-measure / --accelerator cpu (not an
+    option the user never typed), exit 2, nothing written; --accelerator cpu then gives the plan."""
+    path = write_suite(tmp_path / "s.yaml", [row("a")], seeds=[0])
+    root = tmp_path / "runs"
+    opts = ["run", str(path), "--root", str(root), "--launcher", "slurm", "--partition", "debug",
+            "--time", "00:10:00", "--dry-run"]
+    extra = [a for a in tiny(data_root) if not a.startswith("--trainer.accelerator")]
+    assert suite_main([*opts, "--", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "step-time estimate" in err[-1] and "this machine has none" in err[-1], err
+    assert "--no-measure" in err[-1] and "--accelerator cpu" in err[-1] and "trainer.accelerator" not in err[-1]
+    assert not root.exists()
+    assert suite_main([*opts, "--accelerator", "cpu", "--", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "| cpu:1" in out and "measured on cpu" in out, out
+    assert not root.exists()
 
 
 @pytest.mark.slow

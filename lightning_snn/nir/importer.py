@@ -29,6 +29,7 @@ from lightning_snn.models.base import MODELS, SpikingNet
 from lightning_snn.models.deep import Delay, run_step_by_step
 from lightning_snn.models.init import FROM_FILE
 from lightning_snn.neurons import LIF, NeuronConfig
+from lightning_snn.nir.convention import leak_of_tau
 
 
 class NIRImportError(ValueError):
@@ -67,12 +68,8 @@ def _neuron(name: str, node: nir.NIRNode, dt: float, base: NeuronConfig) -> LIF:
         tau = _uniform(name, "tau", node.tau)
         if not np.allclose(np.asarray(node.v_leak), 0.0):
             raise NIRImportError(f"node {name!r}: v_leak must be 0")
-        leak = 1.0 - dt / tau
+        leak = leak_of_tau(tau, dt, (node.metadata or {}).get("leak"))
         gain = r * dt / tau  # input gain per step; this project's neuron has gain 1
-        exact = (node.metadata or {}).get("leak")
-        if exact is not None and abs(float(exact) - leak) <= 1e-5 * max(1.0, dt / tau):
-            # our export states the leak itself: tau is float32, 1 - dt / tau is off by ~1e-8
-            leak = float(exact)
         if not 0.0 < leak < 1.0 or abs(gain - 1.0) > 1e-4:
             raise NIRImportError(
                 f"node {name!r}: tau = {tau}, r = {r} with dt = {dt} give leak {leak} and input gain "

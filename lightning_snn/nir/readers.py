@@ -17,8 +17,8 @@ What each library reads differently from the file, and what the reader does abou
   True`` (the reset of step t-1 subtracted at step t: exactly v -= Vth after a spike). ``LIF``
   gets ``reset_mechanism="zero"``, ``beta = 1 - 1e-4 / tau`` and a threshold divided by
   ``r 1e-4 / tau`` (its dt is hard-coded): the reader sets subtraction, the file's threshold and
-  ``beta = 1 - dt / tau`` with the file's ``dt`` (the exact leak from the
-  node's metadata), the reset right after the spike, and no second reset "owed" by a post-reset
+  ``beta = 1 - dt / tau`` with the file's ``dt`` and ``tau`` (the node's metadata
+  gives its exact value only where it agrees with ``tau``), the reset right after the spike, and no second reset "owed" by a post-reset
   potential still above threshold (snnTorch subtracts it before the next spike test). An
   ``LIF <-> Affine`` cycle (a feedback model) is rewired by snnTorch so that the input passes
   through the recurrent weight; an identity ``Flatten`` on the cycle keeps the file's wiring.
@@ -52,6 +52,8 @@ import nir
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lightning_snn.nir.convention import leak_of_tau
 
 DEFAULT_DT = 1e-4
 
@@ -138,8 +140,8 @@ def read_snntorch(graph: nir.NIRGraph | str | Path) -> nn.Module:
             m.beta = torch.tensor(1.0)
             m.reset_delay = True  # the reset of step t-1 taken at step t: exactly ours for IF
         else:
-            tau = float(np.asarray(node.tau).flat[0])
-            leak = float((node.metadata or {}).get("leak", 1.0 - dt / tau))
+            # the file's tau decides the leak (its metadata's exact value only where they agree)
+            leak = leak_of_tau(float(np.asarray(node.tau).flat[0]), dt, (node.metadata or {}).get("leak"))
             m.beta = torch.tensor(leak)
             # reset right after the spike (v -= Vth), and no second reset "owed" by a post-reset
             # potential still above threshold (snnTorch's mem_reset on the stored potential)

@@ -9,7 +9,7 @@ already written and stays valid for the others).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import nir
@@ -35,6 +35,30 @@ def record_spikes(net: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]
         for h in hooks:
             h.remove()
     return y, {n.removeprefix("nodes.").replace(".", "_"): torch.cat(v) for n, v in rec.items()}
+
+
+def record_feedback_steps(net: nn.Module, x: Tensor, step: Callable[[nn.Module, Tensor], Tensor] | None = None
+                          ) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`record_spikes` of a trained feedback model (``kind == "feedback"``), run step by step
+    with its own layers, as its exported graph computes it: at step t layer 1 gets ``F x[t] +
+    W_fb s_L[t-1]`` (no feedback at t = 0), the output is the read-out of that step's last-layer
+    spikes, ``classifier(s_L[t])``. (Its ``forward`` returns only the read-out of the
+    lambda-weighted rate: the file's ``class_scores`` of these outputs.) ``step(layer, current)``
+    replaces the layers' own one-step dynamics (e.g. another library's neuron rule)."""
+    one_step = step or (lambda layer, current: layer.step(current))
+    index = {id(n): i for i, n in enumerate(net.neurons)}
+    rec: dict[int, list[Tensor]] = {i: [] for i in index.values()}
+
+    def recorded(layer: nn.Module, current: Tensor) -> Tensor:
+        s = one_step(layer, current)
+        rec[index[id(layer)]].append(s.detach())
+        return s
+
+    with torch.no_grad():
+        net.simulate_layers(net.prepare(x), bn="running", step=recorded, every_layer=False)
+        last = rec[len(net.neurons) - 1]
+        y = torch.stack([net.readout(s) for s in last])
+    return y, {f"neurons_{i}": torch.stack(v) for i, v in rec.items()}
 
 
 def differing(ref: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, int]:
@@ -102,15 +126,15 @@ def verify(graph: nir.NIRGraph, images: Tensor, labels: Tensor, T: int,
     event frames) for ``T`` steps through ``net`` (default: the file read by this project) and
     through the file read by each library; returns the agreement table.
 
-    A feedback model is compared through its step-by-step form read from the file (the same
-    computation as the trained model, see ``tests/test_nir.py``)."""
+    A feedback model is run step by step with its own layers (:func:`record_feedback_steps`)."""
     from lightning_snn.nir.importer import NIRNet
 
     unknown = [lib for lib in libraries if lib not in READERS]
     if unknown:
         raise ValueError(f"unknown libraries {unknown}; valid: {sorted(READERS)}")
-    if net is None or getattr(net, "kind", "") == "feedback":
+    if net is None:
         net = NIRNet(graph)
+    ours = record_feedback_steps if getattr(net, "kind", "") == "feedback" else record_spikes
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -134,7 +158,7 @@ def verify(graph: nir.NIRGraph, images: Tensor, labels: Tensor, T: int,
         for i in range(0, len(images), batch_size):
             x = _steps(images[i:i + batch_size].to(device), T)
             y = labels[i:i + batch_size].to(device)
-            out, spikes = record_spikes(net, x)
+            out, spikes = ours(net, x)
             pred = class_scores(graph, out).argmax(-1)
             ours_correct += int((pred == y).sum())
             for n, s in spikes.items():

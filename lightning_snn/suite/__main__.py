@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lightning_snn.errors import OneLineArgumentParser, run_main
+from lightning_snn.rundirs import require_writable
 from lightning_snn.suite.spec import Options, RunSpec, Suite, SuiteError, load_suite
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
                       *opts.extra]
     if ns.parallel < 1:
         raise SuiteError(f"--parallel {ns.parallel} (valid: an integer >= 1)")
+    if not ns.dry_run:  # a dry run writes nothing
+        require_writable(opts.root, "--root")
     runs = _runs(suite, ns)
     checks: dict[str, plan.RowCheck] = {}
     for r in runs:  # every row's command line and data, before anything starts
@@ -131,6 +134,8 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
         elif state in ("pending", "interrupted") or (state == "failed" and opts.retry_failed):
             todo.append(r)
         lines.append((r, state, detail))
+    if ns.dry_run and not ns.no_measure:
+        _check_measurable(todo, checks, ns.launcher)
     if ns.dry_run:
         print_plan(suite, lines, checks, opts, measure=not ns.no_measure, launcher=ns.launcher,
                    parallel=ns.parallel)
@@ -154,6 +159,20 @@ def cmd_run(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     except argparse.ArgumentTypeError as e:
         raise SuiteError(f"--resources-per-run: {e}") from None
     return launchers.run_ray(suite, todo, opts, resources, ns.address, ns.num_cpus, ns.max_failures)
+
+
+def _check_measurable(todo: list[RunSpec], checks: dict, launcher: str) -> None:
+    """A dry run times a few steps of each row on this machine, with the device its runs will use: a
+    GPU run on a machine without one is refused before anything is timed, naming what gives the plan."""
+    from lightning_snn.suite.plan import gpu_here
+
+    gpu_rows = [r.row.name for r in todo if str(checks[r.row.name].config.trainer.accelerator) in ("gpu", "cuda")]
+    if not gpu_rows or gpu_here():
+        return
+    cpu = "--accelerator cpu" if launcher == "slurm" else "-- --trainer.accelerator cpu"
+    raise SuiteError(f"--dry-run: the step-time estimate of {', '.join(dict.fromkeys(gpu_rows))} times steps on "
+                     f"a GPU, and this machine has none (valid: --no-measure for the plan without the estimate, "
+                     f"or {cpu} to estimate on this machine's CPUs)")
 
 
 def _slurm_options(ns: argparse.Namespace) -> "SlurmOptions":
@@ -241,6 +260,7 @@ def cmd_report(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     if ns.rows:
         suite = Suite(suite.name, suite.path, suite.description, suite.seeds,
                       tuple(suite.row(n) for n in ns.rows))
+    require_writable(ns.out or opts.root, "--out" if ns.out else "--root")
     rows, runs = write_report(suite, opts, Path(ns.out) if ns.out else None)
     out = Path(ns.out or Path(opts.root) / suite.name)
     print((out / "results.md").read_text())
@@ -253,6 +273,7 @@ def cmd_publish(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.suite.report import write_report
 
     to = Path(ns.to)
+    require_writable(to, "--to")
     copied = publish.copy_results(suite, opts.root, to)
     write_report(suite, Options(root=to))
     (to / publish.SUMMARY).write_text(publish.summary(to))
@@ -271,6 +292,7 @@ def cmd_execute(suite: Suite, ns: argparse.Namespace, opts: Options) -> int:
     from lightning_snn.checkpoints import TrainingInterrupted
     from lightning_snn.suite.execute import BUSY_EXIT, execute
 
+    require_writable(opts.root, "--root")
     try:
         state = execute(suite.select([ns.row], [ns.seed])[0], opts)
     except TrainingInterrupted as stop:  # checkpoint saved (SIGTERM / SIGUSR1): resumable, not failed

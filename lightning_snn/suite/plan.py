@@ -118,6 +118,13 @@ def steps_per_run(cfg: Any, train_size: int | None) -> int | None:
     return min(steps, int(t.max_steps)) if t.max_steps not in (None, -1) else steps
 
 
+def gpu_here() -> bool:
+    """Whether Lightning's ``gpu`` accelerator (CUDA or Apple MPS) can run on this machine."""
+    from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
+
+    return bool(CUDAAccelerator.is_available() or MPSAccelerator.is_available())
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
     """Lightning's start-up messages and warnings off (a dry run prints only its plan)."""
