@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from jsonargparse import ArgumentError
-from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 DEBUG_ENV = "LIGHTNING_SNN_DEBUG"
 USAGE_EXIT = 2
@@ -26,8 +25,14 @@ USAGE_EXIT = 2
 # Exceptions that mean "the input is wrong", as opposed to a bug: printed as one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
                                                  NotADirectoryError, IsADirectoryError, PermissionError)
-# ... and, for the LightningCLI commands, the parser's and Lightning's own configuration errors
-CLI_ERRORS: tuple[type[BaseException], ...] = USER_ERRORS + (ArgumentError, MisconfigurationException)
+
+
+def cli_errors() -> tuple[type[BaseException], ...]:
+    """``USER_ERRORS`` and, for the LightningCLI commands, the parser's and Lightning's own
+    configuration errors (Lightning imported here, not by every command that reports errors)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    return USER_ERRORS + (ArgumentError, MisconfigurationException)
 
 
 class UsageError(ValueError):
@@ -174,9 +179,10 @@ def run_main(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None =
 def run_cli(main: Callable[[], Any]) -> NoReturn:
     """Run a LightningCLI ``main`` (which reads ``sys.argv`` itself); a usage error becomes one line
     on stderr and exit status 2, with the traceback too when ``LIGHTNING_SNN_DEBUG`` is set."""
+    errors = cli_errors()
     try:
         main()
-    except CLI_ERRORS as exc:
+    except errors as exc:
         if debug_requested(()):
             traceback.print_exc()
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)

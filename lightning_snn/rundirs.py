@@ -13,14 +13,17 @@ option, not a chain of tracebacks from the first ``mkdir``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+if TYPE_CHECKING:  # Lightning is imported by the functions that take a trainer: the suite's file
+    import pytorch_lightning as pl  # commands import require_writable without it
 
 
 def planned_dirs(trainer: pl.Trainer) -> list[Path]:
     """Folders that do not exist yet and that ``trainer``'s local loggers (their version folder)
     and checkpoint callbacks would create, with their missing parents; deepest first."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
     targets = [lg.log_dir for lg in trainer.loggers if isinstance(lg, (CSVLogger, TensorBoardLogger))]
     targets += [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
     missing: set[Path] = set()
@@ -82,6 +85,8 @@ def require_writable_run_dirs(trainer: pl.Trainer, checkpoints: bool = True) -> 
     """The folders ``trainer``'s local loggers and (``checkpoints``: a fit) checkpoint callbacks
     write, each checked with :func:`require_writable` before the run creates anything, named by the
     option that sets it."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
     root = Path(trainer.default_root_dir).absolute()
     for lg in trainer.loggers:
         if isinstance(lg, (CSVLogger, TensorBoardLogger)):

@@ -18,6 +18,8 @@ under DDP (each rank reads its own shard; Lightning does not add a sampler to FF
 
 from __future__ import annotations
 
+import functools
+
 import os
 import sys
 from pathlib import Path
@@ -49,10 +51,27 @@ def _require_ffcv() -> None:
         ) from e
 
 
+@functools.cache
 def ffcv_available() -> bool:
+    """Whether ``ffcv`` and the system libraries its extension links are installed, found without
+    importing it: ``import ffcv`` JIT-compiles its decoders with numba (seconds), a cost only a run
+    that reads ``.beton`` files should pay."""
+    import ctypes
+    import importlib.machinery
+    import importlib.util
+
     try:
-        _require_ffcv()
-    except ImportError:
+        package = importlib.util.find_spec("ffcv")  # a top-level spec: nothing of ffcv runs
+    except (ImportError, ValueError):  # ValueError: sys.modules["ffcv"] set to None (blocked)
+        return False
+    if package is None or not package.submodule_search_locations:
+        return False
+    native = importlib.machinery.PathFinder.find_spec("_libffcv", list(package.submodule_search_locations))
+    if native is None or native.origin is None:
+        return False
+    try:
+        ctypes.CDLL(native.origin)  # resolves libturbojpeg & co. as the import would
+    except OSError:
         return False
     return True
 
