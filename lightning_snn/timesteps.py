@@ -17,9 +17,10 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
-import pytorch_lightning as pl
+if TYPE_CHECKING:  # the curve's CSV rows and plot are read by `suite report` without Lightning
+    import pytorch_lightning as pl
 
 from lightning_snn.errors import UsageError, one_line
 

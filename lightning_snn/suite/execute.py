@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytorch_lightning as pl
-import torch
+from typing import TYPE_CHECKING
 
 from lightning_snn.atomic import write_json
 from lightning_snn.errors import one_line
-from lightning_snn.energy import SpikeEnergyReport
 from lightning_snn.suite.spec import Options, RunSpec
+
+if TYPE_CHECKING:  # torch and Lightning load where a run trains: `suite status` and `report`
+    import pytorch_lightning as pl  # read result files without them
 
 RESULT, FAILED, LOCK, ATTEMPTS = "result.json", "failed.json", "run.lock", "attempts.jsonl"
 BUSY_EXIT = 3  # exit status of `execute` when another launch holds the run's lock
@@ -59,58 +60,6 @@ def read_result(directory: Path, row: str, seed: int) -> dict[str, Any]:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
         raise SuiteError(f"{path}: value {v!r} is not a number {fix}")
     return {**res, "row": row, "seed": seed}
-
-
-class RunStats(pl.Callback):
-    """Training throughput of this start: samples per second over the training batches only
-    (``steady_seconds``: the same without the first batch, which includes warm-up and compilation).
-    ``loop_seconds`` are the whole training loop's seconds per step, one per step after the first
-    (batch end to batch end: loading the batch, its transfer and transforms, the step): what an
-    epoch costs per step, the dry run's estimate; ``loop_cpu_seconds`` the CPU time this process
-    spent in the same intervals (all its threads), which a loaded machine does not stretch."""
-
-    def __init__(self) -> None:
-        self.samples, self.seconds, self.steps, self.steady_seconds, self._t0 = 0, 0.0, 0, 0.0, 0.0
-        self.loop_seconds: list[float] = []
-        self.loop_cpu_seconds: list[float] = []
-        self._last_end: float | None = None
-        self._last_cpu = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_end = None  # validation between epochs is not a training step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
-        dt = now - self._t0
-        cpu = time.process_time()
-        if self._last_end is not None:
-            self.loop_seconds.append(now - self._last_end)
-            self.loop_cpu_seconds.append(cpu - self._last_cpu)
-        self._last_end, self._last_cpu = now, cpu
-        self.seconds += dt
-        self.steady_seconds += dt if self.steps else 0.0
-        self.steps += 1
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        self.samples += int(x.shape[0]) * trainer.world_size
-
-
-class SuiteEnergyReport(SpikeEnergyReport):
-    """The spike / SOP / energy report of the final test, without failing a finished training run
-    when a network's layers cannot be counted (the run's result then has no energy columns)."""
-
-    def _attach(self, pl_module: pl.LightningModule, stage: str = "test") -> None:
-        try:
-            super()._attach(pl_module, stage)
-        except Exception as e:  # noqa: BLE001 - the accuracy is the result; energy is extra
-            self._detach()
-            print(f"warning: no spike/energy report for this network: {one_line(e)}", file=sys.stderr)
 
 
 def global_rank() -> int:
@@ -170,8 +119,8 @@ def fit_args(run: RunSpec, opts: Options, attempt: int, ckpt: Path | None = None
     args = ["fit", "--config", str(run.row.config), *run.row.overrides, f"--seed_everything={run.seed}",
             f"--trainer.default_root_dir={d}", f"--checkpoint.dirpath={d / 'checkpoints'}",
             f"--trainer.logger={json.dumps(loggers)}", "--trainer.enable_progress_bar=false",
-            "--trainer.callbacks+=lightning_snn.suite.execute.RunStats",
-            "--trainer.callbacks+=lightning_snn.suite.execute.SuiteEnergyReport",
+            "--trainer.callbacks+=lightning_snn.suite.callbacks.RunStats",
+            "--trainer.callbacks+=lightning_snn.suite.callbacks.SuiteEnergyReport",
             *opts.extra, "--test_after_fit=last"]
     if run.row.init_from:  # the final weights of the source row's run of the same seed
         args.append(f"--init_from={source_checkpoint(run, opts)}")
@@ -222,6 +171,8 @@ def curve(metrics: Any, key: str) -> dict[int, float]:
 
 def _device(trainer: pl.Trainer) -> tuple[str, int, float, str]:
     """Device kind, count, peak memory (GB) and what that peak measures."""
+    import torch
+
     count = trainer.num_devices * trainer.num_nodes
     root = trainer.strategy.root_device
     if root.type == "cuda":
@@ -307,6 +258,11 @@ def row_trainer_limits(run: RunSpec, directory: Path) -> dict[str, Any]:
 
 def collect_result(run: RunSpec, cli: Any, wall_s: float, directory: Path) -> dict[str, Any]:
     """The run's result: the row's metric under its protocol, both protocols' values, cost, energy."""
+    import torch
+
+    from lightning_snn.energy import SpikeEnergyReport
+    from lightning_snn.suite.callbacks import RunStats
+
     trainer: pl.Trainer = cli.trainer
     cfg = cli.config["fit"]
     metrics = read_metrics(directory)
@@ -410,6 +366,7 @@ def time_steps_curve(run: RunSpec, cli: Any, directory: Path) -> dict[str, Any]:
         return {}
     from dataclasses import asdict
 
+    from lightning_snn.energy import SpikeEnergyReport
     from lightning_snn.timesteps import run_curve
 
     trainer: pl.Trainer = cli.trainer
@@ -448,3 +405,13 @@ def _interrupted(e: BaseException) -> bool:
 def _log(d: Path, entry: dict[str, Any]) -> None:
     with open(d / ATTEMPTS, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+def __getattr__(name: str) -> Any:
+    """The callbacks' former place (``lightning_snn.suite.execute.RunStats`` in the ``config.yaml``
+    of runs started before they moved): resumed runs still resolve them."""
+    if name in ("RunStats", "SuiteEnergyReport"):
+        from lightning_snn.suite import callbacks
+
+        return getattr(callbacks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

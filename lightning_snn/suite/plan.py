@@ -172,7 +172,8 @@ def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, wa
     import torch
 
     from lightning_snn.cli import main
-    from lightning_snn.suite.execute import RunStats, _device
+    from lightning_snn.suite.callbacks import RunStats
+    from lightning_snn.suite.execute import _device
     from lightning_snn.threads import CPUS_ENV, intra_op_threads
 
     if steps < 1 or warmup < 1:

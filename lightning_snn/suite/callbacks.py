@@ -1,0 +1,66 @@
+"""The callbacks a suite run trains with: its throughput (``RunStats``, the dry run's step time and
+the result's images/s) and the spike / energy report of its final test."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_snn.energy import SpikeEnergyReport
+from lightning_snn.errors import one_line
+
+
+class RunStats(pl.Callback):
+    """Training throughput of this start: samples per second over the training batches only
+    (``steady_seconds``: the same without the first batch, which includes warm-up and compilation).
+    ``loop_seconds`` are the whole training loop's seconds per step, one per step after the first
+    (batch end to batch end: loading the batch, its transfer and transforms, the step): what an
+    epoch costs per step, the dry run's estimate; ``loop_cpu_seconds`` the CPU time this process
+    spent in the same intervals (all its threads), which a loaded machine does not stretch."""
+
+    def __init__(self) -> None:
+        self.samples, self.seconds, self.steps, self.steady_seconds, self._t0 = 0, 0.0, 0, 0.0, 0.0
+        self.loop_seconds: list[float] = []
+        self.loop_cpu_seconds: list[float] = []
+        self._last_end: float | None = None
+        self._last_cpu = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_end = None  # validation between epochs is not a training step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        dt = now - self._t0
+        cpu = time.process_time()
+        if self._last_end is not None:
+            self.loop_seconds.append(now - self._last_end)
+            self.loop_cpu_seconds.append(cpu - self._last_cpu)
+        self._last_end, self._last_cpu = now, cpu
+        self.seconds += dt
+        self.steady_seconds += dt if self.steps else 0.0
+        self.steps += 1
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self.samples += int(x.shape[0]) * trainer.world_size
+
+
+class SuiteEnergyReport(SpikeEnergyReport):
+    """The spike / SOP / energy report of the final test, without failing a finished training run
+    when a network's layers cannot be counted (the run's result then has no energy columns)."""
+
+    def _attach(self, pl_module: pl.LightningModule, stage: str = "test") -> None:
+        try:
+            super()._attach(pl_module, stage)
+        except Exception as e:  # noqa: BLE001 - the accuracy is the result; energy is extra
+            self._detach()
+            print(f"warning: no spike/energy report for this network: {one_line(e)}", file=sys.stderr)
