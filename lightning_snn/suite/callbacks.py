@@ -64,3 +64,18 @@ class SuiteEnergyReport(SpikeEnergyReport):
         except Exception as e:  # noqa: BLE001 - the accuracy is the result; energy is extra
             self._detach()
             print(f"warning: no spike/energy report for this network: {one_line(e)}", file=sys.stderr)
+
+
+class StopWhenTimed(pl.Callback):
+    """Ends the dry run's fit once the ``RunStats`` of the same trainer has timed at least ``steps``
+    steps after ``warmup`` ones and those steps span at least ``seconds``."""
+
+    def __init__(self, warmup: int = 3, steps: int = 12, seconds: float = 4.0) -> None:
+        self.warmup, self.steps, self.seconds = warmup, steps, seconds
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        stats = next(c for c in trainer.callbacks if isinstance(c, RunStats))
+        timed = stats.loop_seconds[self.warmup:]
+        if len(timed) >= self.steps and sum(timed) >= self.seconds:
+            trainer.should_stop = True

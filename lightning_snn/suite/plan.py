@@ -161,11 +161,13 @@ class StepTime:
 
 
 def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, warmup: int = 3,
-                         parallel: int = 1) -> StepTime:
-    """Seconds per training step of ``row`` on this machine: ``warmup + steps`` real steps of its own
-    ``fit`` in a scratch directory, with the threads its run will have (``parallel`` runs at a time
-    share the CPUs, ``lightning_snn.threads``); the median of the steps after the warm-up ones
-    (compilation, allocator, caches), timed batch end to batch end as an epoch spends them."""
+                         parallel: int = 1, min_seconds: float = 4.0, max_steps: int = 400) -> StepTime:
+    """Seconds per training step of ``row`` on this machine: real steps of its own ``fit`` in a
+    scratch directory, with the threads its run will have (``parallel`` runs at a time share the
+    CPUs, ``lightning_snn.threads``); the median of the steps after ``warmup`` ones (compilation,
+    allocator, caches), timed batch end to batch end as an epoch spends them. At least ``steps``
+    are timed, and more until they span ``min_seconds`` (at most ``max_steps``): a dozen steps of a
+    few milliseconds each move with the CPU's clock and the scheduler, seconds of them do not."""
     import os
 
     import pytorch_lightning as pl
@@ -186,8 +188,11 @@ def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, wa
         with tempfile.TemporaryDirectory() as tmp:
             run = RunSpec("measure", row, seed)
             args = fit_args(run, Options(root=Path(tmp), extra=opts.extra), 0)
-            args += [f"--trainer.max_steps={warmup + steps + 1}", "--trainer.limit_val_batches=0",
-                     "--test_after_fit=null", "--trainer.enable_model_summary=false"]
+            args += [f"--trainer.max_steps={warmup + max_steps + 1}", "--trainer.limit_val_batches=0",
+                     "--test_after_fit=null", "--trainer.enable_model_summary=false",
+                     "--trainer.callbacks+=lightning_snn.suite.callbacks.StopWhenTimed",
+                     f"--trainer.callbacks.warmup={warmup}", f"--trainer.callbacks.steps={steps}",
+                     f"--trainer.callbacks.seconds={min_seconds}"]
             pl.seed_everything(seed, verbose=False)
             with quiet():
                 cli = main(args, save_config_kwargs={"overwrite": True})
