@@ -15,7 +15,8 @@ start-up); FFCV's ``.beton`` files are written to a temporary folder first.
 Part 2, epoch time: one training epoch of the README demo (``configs/fmnist_mlp_bptt.yaml``) and of
 IDE F400 (``configs/ide/fmnist_f400_if_t5.yaml``) with each back end: ``fit`` for two epochs of
 ``--train-batches`` batches, no validation; the second epoch's time (batch loading, transfer,
-transforms and steps), scaled to the full epoch of the config (``--train-batches 0``: whole epochs).
+transforms and steps), scaled to the full epoch of the config (``--train-batches 0``: whole epochs),
+each in a fresh process so that one back end's threads and worker processes do not slow the next.
 
 The machine's load (``os.getloadavg``) and CPUs are printed with the numbers: on a shared machine
 they move with it; compare the back ends of one run, not runs of different moments.
@@ -155,6 +156,10 @@ def epoch_time(config: str, backend: str, workers: int, args: argparse.Namespace
 
 
 def epochs(args: argparse.Namespace, tmp: Path, betons: Path) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")  # workers or caches of the last back end
     what = f"{args.train_batches} batches each, scaled to a full epoch" if args.train_batches else "whole epochs"
     print(f"\n## Epoch time (s): second of two training epochs ({what}; accelerator {args.accelerator}; {load()})")
     names = [b[0] for b in BACKENDS]
@@ -170,7 +175,8 @@ def epochs(args: argparse.Namespace, tmp: Path, betons: Path) -> None:
             if backend == "ffcv" and not ffcv_available():
                 row[label] = None
                 continue
-            row[label] = epoch_time(config, backend, workers, args, tmp, betons)[:2]
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process each: no threads,
+                row[label] = pool.submit(epoch_time, config, backend, workers, args, tmp, betons).result()[:2]
             print(f"  {title} {label}: {row[label][0]:.1f} s wall, {row[label][1]:.1f} s CPU", flush=True)
         cells = [f"{row[n][0]:.1f} ({row[n][1]:.1f})" if row[n] else "n/a" for n in names]
         ratio = (f"{row['memory'][0] / row['torchvision w2'][0]:.2f}x"

@@ -87,8 +87,9 @@ def test_the_cli_sets_the_threads_and_says_so(no_limits, data_root, caplog):
 
 
 def test_dry_run_step_time_is_a_median_after_warm_up_with_threads_and_load(tmp_path, data_root):
-    """The plan's measurement: 12 steps timed after 3 warm-up ones, as the run's threads, with the
-    machine's load; each step's wall time bounds its CPU time per thread from above."""
+    """The plan's measurement: 12 steps timed after 3 warm-up ones (more while they span less than
+    the asked seconds), as the run's threads, with the machine's load; each step's wall time bounds
+    its CPU time per thread from above."""
     import yaml
 
     from lightning_snn.suite.plan import measure_step_seconds
@@ -101,10 +102,15 @@ def test_dry_run_step_time_is_a_median_after_warm_up_with_threads_and_load(tmp_p
     extra = [f"--data.root={data_root}", "--data.num_workers=0", "--data.batch_size=16",
              "--model.network_args={'hidden': [16]}", "--trainer.accelerator=cpu", "--threads=1"]
     before = torch.get_num_threads()
+    row, opts = load_suite(path).rows[0], Options(root=tmp_path / "runs", extra=extra)
     try:
-        t = measure_step_seconds(load_suite(path).rows[0], Options(root=tmp_path / "runs", extra=extra), 0)
+        t = measure_step_seconds(row, opts, 0, min_seconds=0.0)
+        # steps of milliseconds: timed on until they span the asked seconds (or the cap)
+        longer = measure_step_seconds(row, opts, 0, min_seconds=0.5, max_steps=300)
     finally:
         torch.set_num_threads(before)
+    assert longer.span >= 0.5 or longer.steps == 300, (longer.span, longer.steps)
+    assert longer.steps >= 12 and longer.span >= longer.seconds * longer.steps / 2  # a median, not a mean
     assert t.steps == 12 and t.threads == 1 and t.cpus == len(os.sched_getaffinity(0))
     assert 0 < t.cpu_seconds and 0 < t.seconds and all(x >= 0 for x in t.load)
     assert t.cpu_seconds <= t.seconds * 1.5 + 0.01  # one thread (plus Python's own): CPU <= wall

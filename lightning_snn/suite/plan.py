@@ -152,6 +152,7 @@ class StepTime:
     threads: int  # torch intra-op threads the step ran with
     load: tuple[float, float]  # the machine's 1-minute load average before and after
     cpus: int  # CPUs this process may use (affinity)
+    span: float = 0.0  # seconds the timed steps took together
 
     def note(self) -> str:
         before, after = self.load
@@ -210,4 +211,4 @@ def measure_step_seconds(row: Row, opts: Options, seed: int, steps: int = 12, wa
                          f"({stats.steps} training batches)")
     return StepTime(statistics.median(timed), statistics.median(stats.loop_cpu_seconds[warmup:]),
                     _device(cli.trainer)[0], len(timed), threads,
-                    (load_before, os.getloadavg()[0]), len(os.sched_getaffinity(0)))
+                    (load_before, os.getloadavg()[0]), len(os.sched_getaffinity(0)), sum(timed))
