@@ -19,7 +19,6 @@ under DDP (each rank reads its own shard; Lightning does not add a sampler to FF
 from __future__ import annotations
 
 import functools
-
 import os
 import sys
 from pathlib import Path

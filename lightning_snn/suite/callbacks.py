@@ -1,5 +1,6 @@
 """The callbacks a suite run trains with: its throughput (``RunStats``, the dry run's step time and
-the result's images/s) and the spike / energy report of its final test."""
+the result's images/s) and the spike / energy report of its final test; and the dry run's stop
+once its steps are timed (``StopWhenTimed``)."""
 
 from __future__ import annotations
 
