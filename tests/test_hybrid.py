@@ -21,6 +21,7 @@ from lightning_snn.errors import UsageError
 from lightning_snn.init_from import init_weights
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import NeuronConfig
+from lightning_snn.suite.__main__ import main as suite_main
 
 CONFIG = str(ROOT / "configs" / "fmnist_mlp_bptt.yaml")
 
@@ -172,7 +173,7 @@ def test_a_run_whose_source_failed_is_reported_failed_without_starting(tmp_path:
     assert not (tmp_path / "runs" / "s" / "b" / "seed0" / "logs").exists()  # nothing trained
 
 
-def test_suite_sources_are_checked_and_imagenet_dry_runs_show_the_stages(tmp_path: Path) -> None:
+def test_suite_sources_are_checked_and_imagenet_dry_runs_show_the_stages(tmp_path: Path, capsys) -> None:
     from lightning_snn.suite.spec import SuiteError, load_suite
 
     for rows, message in (([_row("a", [], "nope")], "init_from 'nope' is not another row"),
@@ -186,12 +187,12 @@ def test_suite_sources_are_checked_and_imagenet_dry_runs_show_the_stages(tmp_pat
                                  ("dsr", "imagenet_resnet18_ann", "imagenet_resnet18_dsr")):
         s = load_suite(ROOT / "configs" / "suites" / f"{suite}.yaml")
         assert [r.row.name for r in s.select([second, first])] == [first, second]
-        res = subprocess.run([sys.executable, "-m", "lightning_snn.suite", "run", suite, "--rows", f"{second},{first}",
-                              "--dry-run", "--no-measure", "--root", str(tmp_path / "r")], cwd=ROOT, env=child_env(),
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stdout + res.stderr
-        lines = [line for line in res.stdout.splitlines() if line.startswith(f"| {first} ") or line.startswith(f"| {second} ")]
-        assert lines[0].startswith(f"| {first} ") and f"2 (from {first})" in lines[1], res.stdout
+        code = suite_main(["run", suite, "--rows", f"{second},{first}", "--dry-run", "--no-measure",
+                           "--root", str(tmp_path / "r")])  # in this process: the plan is what is tested
+        out = capsys.readouterr()
+        assert code == 0, out.out + out.err
+        lines = [line for line in out.out.splitlines() if line.startswith(f"| {first} ") or line.startswith(f"| {second} ")]
+        assert lines[0].startswith(f"| {first} ") and f"2 (from {first})" in lines[1], out.out
 
 
 # ------------------------------------------------------------------ DSR's threshold calibration
