@@ -476,14 +476,15 @@ def test_slurm_launcher_runs_one_array_task_per_run(slurm_cluster, submit_env, t
         assert r.value == pytest.approx(expected_value(root / "smoke" / r.row / f"seed{r.seed}"), abs=1e-9)
 
 
-def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_root):
-    res = run_suite("run", "smoke", "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "debug",
-                    "--time", "1-00:00:00", "--gpus-per-run", "2", "--dry-run", "--no-measure", "--",
-                    f"--data.root={data_root}")
-    assert res.returncode == 0, res.stderr
-    assert "#SBATCH --array=0-5" in res.stdout and "#SBATCH --gpus-per-node=2" in res.stdout
-    assert "--trainer.devices=2" in res.stdout and "--trainer.strategy=ddp" in res.stdout
-    assert "6 runs, 6 to train" in res.stdout and not (tmp_path / "runs").exists()
+def test_slurm_dry_run_prints_the_array_script_without_a_cluster(tmp_path, data_root, capsys):
+    code = suite_main(["run", "smoke", "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "debug",
+                       "--time", "1-00:00:00", "--gpus-per-run", "2", "--dry-run", "--no-measure", "--",
+                       f"--data.root={data_root}"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "#SBATCH --array=0-5" in out.out and "#SBATCH --gpus-per-node=2" in out.out
+    assert "--trainer.devices=2" in out.out and "--trainer.strategy=ddp" in out.out
+    assert "6 runs, 6 to train" in out.out and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(gpu_here(), reason="the refusal is for a machine without a GPU")
