@@ -224,15 +224,14 @@ def test_calibration_sets_the_999th_percentile_of_the_ann_activation() -> None:
         calibrate_thresholds(leaky.net, iter(batches))
 
 
-def test_slurm_dry_run_submits_a_later_stage_after_its_source_stage(tmp_path: Path, data_root: Path) -> None:
+def test_slurm_dry_run_submits_a_later_stage_after_its_source_stage(tmp_path: Path, data_root: Path, capsys) -> None:
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump({"seeds": [0, 1], "rows": [_row("b", ["--model.T=4"], "a"), _row("a", ["--model.T=1"])]}))
-    res = subprocess.run([sys.executable, "-m", "lightning_snn.suite", "run", str(f), "--root", str(tmp_path / "r"),
-                          "--launcher", "slurm", "--partition", "debug", "--time", "1:00:00", "--dry-run",
-                          "--no-measure", "--", f"--data.root={data_root}"], cwd=ROOT, env=child_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = res.stdout
+    code = suite_main(["run", str(f), "--root", str(tmp_path / "r"), "--launcher", "slurm", "--partition", "debug",
+                       "--time", "1:00:00", "--dry-run", "--no-measure", "--", f"--data.root={data_root}"])
+    res = capsys.readouterr()
+    assert code == 0, res.out + res.err
+    out = res.out
     first, second = out.index("# ---- stage 1 of 2: a/seed0, a/seed1"), out.index("# ---- stage 2 of 2: b/seed0, b/seed1")
     assert first < second and out.count("#SBATCH --array=0-1") == 2
     assert out.index("#SBATCH --dependency=afterany:<previous stage job id>") > second
