@@ -1,5 +1,8 @@
 """The command line end to end: every config runs, bad input fails early and clearly."""
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -189,6 +192,27 @@ def test_limit_batches_integer_is_a_count_and_decimal_a_fraction_when_parsed(val
     for s in stages:
         got = getattr(cli.trainer, f"limit_{s}_batches")
         assert got == expected and type(got) is type(expected), (s, value, got)
+
+
+def test_limit_one_is_one_batch_whatever_was_imported_first():
+    """typing caches ``Optional[Union[...]]`` by equality, and ``Union[float, int] == Union[int,
+    float]``: in a process where ``Optional[Union[float, int]]`` was built first (as pl.Trainer's own
+    annotation can be), an ``Optional[Union[int, float]]`` limit type came back float-first and
+    ``--trainer.limit_val_batches 1`` meant every batch. A fresh interpreter builds that Union
+    before importing the project, then parses the four limits."""
+    code = textwrap.dedent("""
+        from typing import Optional, Union
+        float_first = Optional[Union[float, int]]
+        from lightning_snn.commands import SNNTrainer
+        from jsonargparse import ArgumentParser
+        p = ArgumentParser()
+        p.add_class_arguments(SNNTrainer, "trainer")
+        ns = p.parse_args([f"--trainer.limit_{s}_batches=1" for s in ("train", "val", "test", "predict")])
+        print(sorted({type(v).__name__ for k, v in vars(ns.trainer).items() if k.startswith("limit_")}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=CONFIG_DIR.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['int']", out.stdout
 
 
 @pytest.mark.parametrize("value", ["1", "1.0"])
