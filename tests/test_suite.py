@@ -518,6 +518,8 @@ def test_ray_launcher_runs_each_run_as_a_task_on_a_local_ray(tmp_path, data_root
         d = root / "smoke" / "mnist_mlp_ottt" / f"seed{seed}"
         result = json.loads((d / "result.json").read_text())
         assert result["value"] == pytest.approx(expected_value(d), abs=1e-9)
+        # in the trial's process too, "1" is one batch (an int), not every batch (1.0)
+        assert all(type(result["trainer"][f"limit_{s}_batches"]) is int for s in ("val", "test")), result["trainer"]
     assert "mnist_mlp_ottt/seed0: done" in res.stdout and "mnist_mlp_ottt/seed1: done" in res.stdout
 
 
