@@ -214,17 +214,22 @@ def build_rows(counts: NetworkCounts, spikes: dict[str, Tensor], elem_steps: dic
             n, "spiking", fan.numel(), total / max(elem_steps[n], 1.0), total / samples,
             float(fan.double().mean()), sops, 0.0, sops * E_AC_PJ, total,
         ))
+    return rows, _totals(rows, float(sum(counts.ann_macs.values())), T, samples)
+
+
+def _totals(rows: list[LayerRow], ann_macs: float, T: int, samples: float) -> dict[str, float]:
+    """Per-sample totals of ``rows`` and of the ANN of the same network (``ann_macs``), with the
+    energy of each (E = SOPs x E_AC + MACs x E_MAC) and their ratio."""
     sops = sum(r.sops for r in rows)
     macs = sum(r.macs for r in rows)
-    ann = float(sum(counts.ann_macs.values()))
     totals = {
         "spikes": sum(r.spikes for r in rows), "spike_count": sum(r.spike_count for r in rows),
         "sops": sops, "snn_macs": macs,
         "snn_energy_pj": sops * E_AC_PJ + macs * E_MAC_PJ,
-        "ann_macs": ann, "ann_energy_pj": ann * E_MAC_PJ, "T": float(T), "samples": samples,
+        "ann_macs": ann_macs, "ann_energy_pj": ann_macs * E_MAC_PJ, "T": float(T), "samples": samples,
     }
-    totals["energy_ratio_snn_over_ann"] = totals["snn_energy_pj"] / totals["ann_energy_pj"] if ann else float("nan")
-    return rows, totals
+    totals["energy_ratio_snn_over_ann"] = totals["snn_energy_pj"] / totals["ann_energy_pj"] if ann_macs else float("nan")
+    return totals
 
 
 def build_neurobench_rows(ops: NeuroBenchOps, spikes: dict[str, Tensor], elem_steps: dict[str, float],
@@ -242,15 +247,8 @@ def build_neurobench_rows(ops: NeuroBenchOps, spikes: dict[str, Tensor], elem_st
         total = int(s.sum(dtype=torch.int64))
         rows.append(LayerRow(n, "spiking", s.numel(), total / max(elem_steps[n], 1.0), total / samples,
                              float("nan"), 0.0, 0.0, 0.0, total, float("nan"), "neurobench"))
-    sops = sum(r.sops for r in rows)
-    macs = sum(r.macs for r in rows)
-    totals = {
-        "spikes": sum(r.spikes for r in rows), "spike_count": sum(r.spike_count for r in rows),
-        "sops": sops, "snn_macs": macs, "dense": sum(r.dense for r in rows if r.kind == "synaptic"),
-        "snn_energy_pj": sops * E_AC_PJ + macs * E_MAC_PJ,
-        "ann_macs": ann_macs, "ann_energy_pj": ann_macs * E_MAC_PJ, "T": float(T), "samples": samples,
-    }
-    totals["energy_ratio_snn_over_ann"] = totals["snn_energy_pj"] / totals["ann_energy_pj"] if ann_macs else float("nan")
+    totals = _totals(rows, ann_macs, T, samples)
+    totals["dense"] = sum(r.dense for r in rows if r.kind == "synaptic")
     return rows, totals
 
 
