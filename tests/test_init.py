@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+import lightning_snn.nir.importer  # noqa: F401  (registers the "nir" model, built from a file)
 from lightning_snn.models import MODELS
 from lightning_snn.models.init import Initialisation
 
@@ -39,6 +40,8 @@ BUILD = {
     "resnet18": ((3, 224, 224), 1000, {}),
     "resnet34": ((3, 224, 224), 1000, {}),
     "nf_resnet34": ((3, 224, 224), 1000, {}),
+    "nf_resnet50": ((3, 224, 224), 1000, {}),
+    "nf_resnet101": ((3, 224, 224), 1000, {}),
     "proxy_convnet": ((1, 28, 28), 10, {}),
     "proxy_fmnist": ((1, 28, 28), 10, {}),
     "f_mlp": ((1, 28, 28), 10, {}),
@@ -59,6 +62,8 @@ SOURCES = {
     "preact_resnet18": "qymeng94/DSR cifar/modules/preresnet.py",
     "resnet18": "qymeng94/DSR imagenet/preresnet_snn.py", "resnet34": "qymeng94/DSR imagenet/preresnet_snn.py",
     "nf_resnet34": "pkuxmq/OTTT-SNN models/spiking_resnet_imagenet.py",
+    "nf_resnet50": "qymeng94/SLTT models/spiking_resnet_imagenet.py",
+    "nf_resnet101": "qymeng94/SLTT models/spiking_resnet_imagenet.py",
     "proxy_convnet": "SRKH/ProxyLearning", "proxy_fmnist": "SRKH/ProxyLearning",
     "f_mlp": "pkuxmq/IDE-FSNN modules/snn_modules.py", "f_conv": "pkuxmq/IDE-FSNN modules/snn_modules.py",
     "multilayer_f": "pkuxmq/IDE-FSNN modules/snn_modules.py", "alexnet_f": "pkuxmq/IDE-FSNN modules/snn_modules.py",

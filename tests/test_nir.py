@@ -37,6 +37,7 @@ TINY = {
     "resnet18": ((3, 32, 32), {"width": 1 / 16}),
     "resnet34": ((3, 32, 32), {"width": 1 / 16}),
     "nf_resnet34": ((3, 32, 32), {"width": 1 / 16}),
+    "nf_resnet50": ((3, 32, 32), {"width": 1 / 16, "blocks": (1, 1, 1, 1)}),
     "f_mlp": ((1, 8, 8), {"hidden": 16}),
     "f_conv": ((1, 8, 8), {"channels": 4}),
 }

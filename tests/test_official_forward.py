@@ -5,7 +5,8 @@ outputs and every spiking layer's spike count.
 OTTT's VGG(sWS) and VGG-F at full depth (cfg 'A', 8 sWS convs) on a tiny 8x8 input: the sWS
 weight (N - 1 variance), the x2.74 scale, the LIF charge / soft reset, the pooling and the
 VGG-F feedback (upsampled last map into the first layer from step 1) all enter the numbers.
-OTTT's NF-ResNet (one block per stage, 16x16 input): the NF blocks and the head.
+OTTT's NF-ResNet (one block per stage, 16x16 input): the NF blocks and the head; SLTT's bottleneck
+NF-ResNet (NF-ResNet-50 / -101) the same way.
 """
 
 from __future__ import annotations
@@ -85,6 +86,30 @@ def test_ottt_nf_resnet_forward_equals_the_official_code():
     net = MODELS.get("nf_resnet34")((3, 16, 16), 5, neuron=neuron, blocks=(1, 1, 1, 1)).double().eval()
     convs = [m for m in net.modules() if isinstance(m, ScaledWSConv2d)]
     assert len(convs) == 12
+    fc = net.head[-1][-1]
+    with torch.no_grad():
+        for k, c in enumerate(convs):
+            c.weight.copy_(det(c.weight.shape, k))
+            c.bias.copy_(det(c.bias.shape, 100 + k, 0.3, 0.2))
+            c.gain.copy_(det(c.gain.shape, 200 + k, 0.5, 1.5))
+        for k, b in enumerate(net.blocks):
+            b.skipinit_gain.fill_(0.5 + 0.5 * math.sin(k))
+        fc.weight.copy_(det(fc.weight.shape, 300, 0.05))
+        fc.bias.copy_(det(fc.bias.shape, 301, 0.05))
+    out, counts = run_counting(net, det((2, 3, 16, 16), 500, 6.0), 3)
+    torch.testing.assert_close(out, torch.tensor(ref["outputs"], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    assert counts == ref["spike_counts"]
+
+
+def test_sltt_nf_resnet_bottleneck_forward_equals_the_official_code():
+    """SLTT's NF-ResNet-50 / -101 block (bottleneck: conv1x1 -> conv3x3 with the stride -> conv1x1
+    to 4x the width, a spike and x2.74 before each, the shortcut from the first spikes), one block
+    per stage at the official widths, against the official class on identical weights."""
+    ref = json.loads((FIXTURES / "sltt_nf_resnet_bottleneck_forward.json").read_text())["nf_resnet_bottleneck"]
+    neuron = NeuronConfig(threshold=1.0, leak=1 - 1 / 1.1, surrogate="sigmoid", surrogate_alpha=4.0)
+    net = MODELS.get("nf_resnet50")((3, 16, 16), 5, neuron=neuron, blocks=(1, 1, 1, 1)).double().eval()
+    convs = [m for m in net.modules() if isinstance(m, ScaledWSConv2d)]
+    assert len(convs) == 17
     fc = net.head[-1][-1]
     with torch.no_grad():
         for k, c in enumerate(convs):

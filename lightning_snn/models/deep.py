@@ -8,7 +8,8 @@
 - ``preact_resnet18``: DSR's pre-activation ResNet-18 for CIFAR (BN -> spike -> conv blocks);
   ``resnet18`` / ``resnet34``: the same blocks with the ImageNet stem (7x7/2 conv, 3x3/2 pool).
 - ``nf_resnet34``: OTTT's normaliser-free ResNet-34 for ImageNet (sWS conv, x/beta pre-activation,
-  alpha = 0.2, zero-initialised skip gains and read-out weight).
+  alpha = 0.2, zero-initialised skip gains and read-out weight); ``nf_resnet50`` / ``nf_resnet101``:
+  SLTT's bottleneck versions.
 
 All take ``[T, B, C, H, W]`` and return per-step scores ``[T, B, classes]``; pooling is average
 pooling (a max of spikes is an OR). Stateless layers are wrapped in ``TimeDistributed``.
@@ -268,6 +269,7 @@ class PreActResNet(SpikingNet):
         return self.head(self.blocks(self.stem(x)))
 
 
+
 @MODELS.register("preact_resnet18")
 def preact_resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
                     head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
@@ -294,19 +296,23 @@ def resnet34(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig 
 
 # ------------------------------------------------------------------------------ NF-ResNet
 class NFBlock(nn.Module):
-    """Normaliser-free pre-activation block: h + alpha * g * f(h / beta), with
-    f = spike -> x scale -> sWS conv3x3 -> spike -> x scale -> sWS conv3x3 and a skip gain g
-    initialised to 0; a transition block's shortcut is a 1x1 sWS conv of the activated input."""
+    """Normaliser-free pre-activation block: h + alpha * g * f(h / beta), with a skip gain g
+    initialised to 0 and f = [spike -> x scale -> sWS conv] per conv: two conv3x3 (basic) or
+    conv1x1 -> conv3x3 -> conv1x1 to 4x the width (``bottleneck``), the stride on the 3x3; a
+    transition block's shortcut is a 1x1 sWS conv of the activated input (its first spikes)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, beta: float, alpha: float,
-                 neuron: NeuronConfig | None, spike_scale: float) -> None:
+                 neuron: NeuronConfig | None, spike_scale: float, bottleneck: bool = False) -> None:
         super().__init__()
         self.beta, self.alpha = beta, alpha
-        self.lif1 = build_neuron(neuron)
+        width = c_out // 4
+        convs = ([(c_in, width, 1, 1, 0), (width, width, 3, stride, 1), (width, c_out, 1, 1, 0)] if bottleneck
+                 else [(c_in, c_out, 3, stride, 1), (c_out, c_out, 3, 1, 1)])
+        self.depth = len(convs)
         self.scale = Scale(spike_scale)
-        self.conv1 = TimeDistributed(ScaledWSConv2d(c_in, c_out, 3, stride, 1))
-        self.lif2 = build_neuron(neuron)
-        self.conv2 = TimeDistributed(ScaledWSConv2d(c_out, c_out, 3, 1, 1))
+        for i, (a, b, k, s, p) in enumerate(convs, start=1):  # lif1, conv1, lif2, conv2, ...
+            setattr(self, f"lif{i}", build_neuron(neuron))
+            setattr(self, f"conv{i}", TimeDistributed(ScaledWSConv2d(a, b, k, s, p)))
         self.shortcut = (TimeDistributed(ScaledWSConv2d(c_in, c_out, 1, stride))
                          if stride != 1 or c_in != c_out else None)
         self.skipinit_gain = nn.Parameter(torch.zeros(()))
@@ -314,17 +320,20 @@ class NFBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = self.scale(self.lif1(x / self.beta))
         skip = self.shortcut(s) if self.shortcut is not None else x
-        out = self.conv2(self.scale(self.lif2(self.conv1(s))))
+        out = self.conv1(s)
+        for i in range(2, self.depth + 1):
+            out = getattr(self, f"conv{i}")(self.scale(getattr(self, f"lif{i}")(out)))
         return skip + out * (self.skipinit_gain * self.alpha)
 
 
 @MODELS.register("nf_resnet34")
 class NFResNet34(SpikingNet):
-    """OTTT's spiking NF-ResNet-34 (ImageNet): sWS stem conv7x7/2 + avgpool3x3/2, NF blocks
-    (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, then global average pool of
-    the residual stream and a linear read-out with zero-initialised weight (no spiking layer
+    """OTTT's / SLTT's spiking NF-ResNet-34 (ImageNet): sWS stem conv7x7/2 + avgpool3x3/2, NF
+    blocks (3, 4, 6, 3) with beta = sqrt(expected variance), alpha = 0.2, then global average pool
+    of the residual stream and a linear read-out with zero-initialised weight (no spiking layer
     before it, as ``OnlineSpikingNFResNet._forward_impl``). 21.80M parameters for 1000 classes.
-    ``spike_scale`` is the x2.74 inside the blocks."""
+    ``spike_scale`` is the x2.74 inside the blocks; ``bottleneck`` blocks (x4 expansion) make the
+    NF-ResNet-50 / -101 of SLTT's ImageNet table (``nf_resnet50``, ``nf_resnet101``)."""
 
     def __init__(
         self,
@@ -335,6 +344,7 @@ class NFResNet34(SpikingNet):
         alpha: float = 0.2,
         spike_scale: float = OTTT_SPIKE_SCALE,
         width: float = 1.0,
+        bottleneck: bool = False,
     ) -> None:
         super().__init__()
         widths = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
@@ -345,9 +355,10 @@ class NFResNet34(SpikingNet):
         stages: list[nn.Module] = []
         var = 1.0  # expected variance of the residual stream
         for i, (n, w) in enumerate(zip(blocks, widths)):
+            w = 4 * w if bottleneck else w
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                block = NFBlock(c, w, stride, var**0.5, alpha, neuron, spike_scale)
+                block = NFBlock(c, w, stride, var**0.5, alpha, neuron, spike_scale, bottleneck)
                 stages.append(block)
                 # a transition block's shortcut re-normalises the stream; otherwise the variance
                 # grows by alpha^2 per block
@@ -364,3 +375,24 @@ class NFResNet34(SpikingNet):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+
+@MODELS.register("nf_resnet50")
+class NFResNet50(NFResNet34):
+    """SLTT's spiking NF-ResNet-50 (qymeng94/SLTT ``spiking_nfresnet50``): bottleneck NF blocks
+    (3, 4, 6, 3), widths 256-2048, otherwise as ``nf_resnet34``."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+                 blocks: Sequence[int] = (3, 4, 6, 3), alpha: float = 0.2,
+                 spike_scale: float = OTTT_SPIKE_SCALE, width: float = 1.0) -> None:
+        super().__init__(input_shape, num_classes, neuron, blocks, alpha, spike_scale, width, bottleneck=True)
+
+
+@MODELS.register("nf_resnet101")
+class NFResNet101(NFResNet50):
+    """SLTT's spiking NF-ResNet-101 (``spiking_nfresnet101``): bottleneck NF blocks (3, 4, 23, 3)."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
+                 blocks: Sequence[int] = (3, 4, 23, 3), alpha: float = 0.2,
+                 spike_scale: float = OTTT_SPIKE_SCALE, width: float = 1.0) -> None:
+        super().__init__(input_shape, num_classes, neuron, blocks, alpha, spike_scale, width)

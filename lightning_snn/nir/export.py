@@ -290,8 +290,11 @@ def _register_builtin() -> None:
             pre = b.add(f"{path}.prescale", nir.Scale(scale=np.full(b.shapes[src], 1.0 / blk.beta, np.float32)),
                         [src], b.shapes[src])
         s = chain(b, [(f"{path}.lif1", blk.lif1), (f"{path}.scale", blk.scale)], pre, dt)
-        main = chain(b, flatten_leaves(blk.conv1, f"{path}.conv1") + [(f"{path}.lif2", blk.lif2),
-                     (f"{path}.scale", blk.scale)] + flatten_leaves(blk.conv2, f"{path}.conv2"), s, dt)
+        layers = flatten_leaves(blk.conv1, f"{path}.conv1")
+        for i in range(2, blk.depth + 1):  # [spike -> scale -> conv] per further conv
+            layers += [(f"{path}.lif{i}", getattr(blk, f"lif{i}")), (f"{path}.scale", blk.scale)]
+            layers += flatten_leaves(getattr(blk, f"conv{i}"), f"{path}.conv{i}")
+        main = chain(b, layers, s, dt)
         scale_last(b, main, float(blk.skipinit_gain.detach()) * blk.alpha)  # alpha * g * f(h / beta)
         skip = chain(b, flatten_leaves(blk.shortcut, f"{path}.shortcut"), s, dt) if blk.shortcut else src
         return sum_node(b, f"{path}.add", [skip, main])
