@@ -83,3 +83,18 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_destination(path: Path, overwrite: bool) -> None:
+    """Fail before anything is written: ``path`` is a folder, exists (without ``overwrite``), or
+    lies under a file or a folder that cannot be written."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder (valid: the path of a .beton file to write)")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder "
+                                 "(valid: a path under a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: folder {parent} is not writable")

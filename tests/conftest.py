@@ -249,6 +249,7 @@ SHARED_FIXTURE_GROUPS = {
     "trained": "trained",  # test_failures: one tiny fit whose checkpoints a dozen tests read
     "fmnist_beton": "fmnist_beton",  # test_ffcv: the F-MNIST test split as a .beton
     "betons": "betons",  # test_ffcv: F-MNIST train / test, MNIST and CIFAR-10 .beton files
+    "two_launches": "two_launches",  # test_suite: two concurrent launches of the smoke suite's rows
 }
 
 
@@ -326,6 +327,28 @@ def submit_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
+
+
+@pytest.fixture
+def suite_here(monkeypatch, capsys):
+    """``python -m lightning_snn.suite ARGS`` run in this process as a shell in the checkout would
+    (no distributed or SLURM variables, the project and tests/ importable): returns (exit status,
+    stdout, stderr). The runs it launches are child processes as ever; what is saved is a second
+    process importing Lightning only to launch them."""
+    from lightning_snn.suite.__main__ import main
+
+    for var in [v for v in os.environ if v in DIST_VARS or v.startswith("SLURM_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT),
+                                                                   os.environ.get("PYTHONPATH")])))
+    monkeypatch.chdir(ROOT)
+
+    def run(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
 
 
 @pytest.fixture(params=["under a file", "read-only mount"])

@@ -5,15 +5,13 @@ row (hybrid ANN -> SNN, two stages T = 1 -> T = 4), end to end on tiny MLPs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from procs import ROOT, child_env, mlp_checkpoint
+from procs import ROOT, mlp_checkpoint
 
 from lightning_snn.checkpoints import CheckpointError
 from lightning_snn.cli import main
@@ -127,7 +125,7 @@ FROZEN = ["--model.optimizer=adam", "--model.lr=1e-9", "--model.weight_decay=0",
 
 
 @pytest.mark.slow
-def test_hybrid_and_two_stage_suites_run_end_to_end(tmp_path: Path, data_root: Path) -> None:
+def test_hybrid_and_two_stage_suites_run_end_to_end(tmp_path: Path, data_root: Path, suite_here) -> None:
     suite = tmp_path / "stages.yaml"
     suite.write_text(yaml.safe_dump({"seeds": [0], "rows": [
         _row("snn_from_ann", ["--model.T=4", *FROZEN], "ann"),  # listed before its source
@@ -136,11 +134,8 @@ def test_hybrid_and_two_stage_suites_run_end_to_end(tmp_path: Path, data_root: P
         _row("t4_from_t1", ["--model.T=4", *FROZEN], "t1"),
     ]}, sort_keys=False))
     root = tmp_path / "runs"
-    res = subprocess.run([sys.executable, "-m", "lightning_snn.suite", "run", str(suite), "--root", str(root),
-                          "--parallel", "2", "--", f"--data.root={data_root}", *TINY], cwd=ROOT, env=child_env(),
-                         capture_output=True, text=True, timeout=900)
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
+    code, out, err = suite_here("run", suite, "--root", root, "--parallel", "2", "--", f"--data.root={data_root}", *TINY)
+    assert code == 0, out + err
     events = [line for line in out.splitlines() if ": started" in line or ": done" in line]
     for stage, source in (("snn_from_ann", "ann"), ("t4_from_t1", "t1")):
         # the second stage starts after its source ended

@@ -14,14 +14,12 @@ from lightning_snn.data import VisionDataModule
 from lightning_snn.module import SNNModule
 from lightning_snn.neurons import NeuronConfig
 from lightning_snn.profiling import TensorMemoryTracker
-from lightning_snn.strategies import STRATEGIES
 from lightning_snn.suite.__main__ import main as suite_main
 from lightning_snn.suite.memory import StepCost
 from lightning_snn.suite.report import ratio_table, write_report
 from lightning_snn.suite.spec import Options, load_suite
-from procs import ROOT
 
-from test_suite import row, run_suite, tiny, write_suite
+from test_suite import row, tiny, write_suite
 
 
 def fit_steps(strategy: str, T: int, steps: int = 4) -> tuple[StepCost, SNNModule]:
@@ -135,7 +133,7 @@ def test_synthetic_inputs_have_the_papers_shapes_and_repeat(name, shape, classes
 
 
 @pytest.mark.slow
-def test_memory_suite_end_to_end_on_a_tiny_net(tmp_path, data_root):
+def test_memory_suite_end_to_end_on_a_tiny_net(tmp_path, data_root, suite_here):
     """Two ratio rows of a tiny MLP (BPTT baseline, OTTT_A at T=8) run through the suite launcher:
     the result files carry the step measurements and the report the ratio."""
     step = ["--trainer.max_steps=4", "--trainer.callbacks+=lightning_snn.suite.memory.StepCost", "--model.T=8"]
@@ -144,16 +142,16 @@ def test_memory_suite_end_to_end_on_a_tiny_net(tmp_path, data_root):
     rows[1]["overrides"] = step + ["--model.strategy=ottt_a"]
     path = write_suite(tmp_path / "tinymem.yaml", rows, seeds=[0])
     root = tmp_path / "runs"
-    res = run_suite("run", str(path), "--root", str(root), "--", *tiny(data_root, "--data.val_size=0"))
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, out, err = suite_here("run", path, "--root", root, "--", *tiny(data_root, "--data.val_size=0"))
+    assert code == 0, out + err
     for name in ("bptt", "ottt"):
         r = json.loads((root / "tinymem" / name / "seed0" / "result.json").read_text())
         assert r["value"] == r["step_memory_gb"] > 0 and r["step_s"] > 0
         assert r["step_memory_kind"].startswith("tensor storages")
-    res = run_suite("report", str(path), "--root", str(root))
-    assert res.returncode == 0, res.stderr
-    assert "## Ratios to the baseline row" in res.stdout
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("| ottt") and "bptt" in ln)
+    code, out, err = suite_here("report", path, "--root", root)
+    assert code == 0, err
+    assert "## Ratios to the baseline row" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("| ottt") and "bptt" in ln)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert float(cells[2]) < 1.0 and cells[3] == "0.33"  # OTTT at T=8 keeps less than BPTT; paper 1/3
     assert cells[-1] in ("at or below (provisional)", "above (provisional)")

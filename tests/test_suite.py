@@ -342,14 +342,25 @@ def test_report_shows_grades_and_marks_verdicts_against_weak_values_provisional(
 
 
 # ------------------------------------------------------------------ the local launcher, end to end
+@pytest.fixture(scope="module")
+def two_launches(tmp_path_factory, data_root) -> tuple[Path, list[tuple[int, str]]]:
+    """The smoke suite's two rows (2 seeds each, tiny settings) launched twice at once on one fresh
+    root, each launch with ``--parallel 2``: the root, and each launch's (exit status, output)."""
+    root = tmp_path_factory.mktemp("two_launches") / "runs"
+    args = ("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--parallel", "2", "--", *tiny(data_root))
+    procs = [subprocess.Popen(suite_cmd(*args), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return root, [(p.returncode, out) for p, out in zip(procs, outs)]
+
+
 @pytest.mark.slow
-def test_smoke_suite_end_to_end_with_results_recomputed_from_the_runs(tmp_path, data_root):
-    root = tmp_path / "runs"
-    res = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--parallel", "2", "--",
-                    *tiny(data_root))
-    assert res.returncode == 0, res.stdout + res.stderr
-    res = run_suite("report", "smoke", "--rows", TWO_ROWS, "--root", str(root))
-    assert res.returncode == 0, res.stderr
+def test_smoke_suite_end_to_end_with_results_recomputed_from_the_runs(two_launches, suite_here):
+    root, launches = two_launches
+    for code, out in launches:  # exit 1 only where a run was left to the other launch
+        assert code == 0 or (code == 1 and "not started here" in out and "failed" not in out), out
+    code, out, err = suite_here("report", "smoke", "--rows", TWO_ROWS, "--root", root)
+    assert code == 0, err
     csv = pd.read_csv(root / "smoke" / "results.csv")
     assert sorted(zip(csv["row"], csv["seed"])) == [("fmnist_mlp_bptt", 0), ("fmnist_mlp_bptt", 1),
                                                     ("mnist_mlp_ottt", 0), ("mnist_mlp_ottt", 1)]
@@ -364,24 +375,24 @@ def test_smoke_suite_end_to_end_with_results_recomputed_from_the_runs(tmp_path, 
     md = (root / "smoke" / "results.md").read_text()
     mean = csv[csv.row == "fmnist_mlp_bptt"]["value"].mean()
     assert f"{mean:.2f} ± " in md and "shortened" in md
-    assert "fmnist_mlp_bptt" in res.stdout and "verdict" in res.stdout
-    # a second launch trains nothing: every run is done
-    again = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--", *tiny(data_root))
-    assert again.returncode == 0 and "started" not in again.stdout
-    assert again.stdout.count(": done") == 4
+    assert "fmnist_mlp_bptt" in out and "verdict" in out
+    # a third launch trains nothing: every run is done
+    code, again, _ = suite_here("run", "smoke", "--rows", TWO_ROWS, "--root", root)
+    assert code == 0 and "started" not in again
+    assert again.count(": done") == 4
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, data_root):
+def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, data_root, suite_here):
     extra = tiny(data_root, "--trainer.max_epochs=2", "--trainer.limit_train_batches=10",
                  "--checkpoint.every_n_train_steps=2")
     done_root, killed_root = tmp_path / "straight", tmp_path / "killed"
-    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", str(done_root),
-                    "--", *extra)
-    assert res.returncode == 0, res.stdout + res.stderr
-    # seed 1 finishes first; seed 0 is killed mid-training (kill -9: no handler runs)
-    assert run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "1", "--root", str(killed_root),
-                     "--", *extra).returncode == 0
+    code, out, err = suite_here("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", done_root,
+                                "--", *extra)
+    assert code == 0, out + err
+    # seed 1 finishes first; seed 0 is killed mid-training (kill -9 of its launch: no handler runs)
+    assert suite_here("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "1", "--root", killed_root,
+                      "--", *extra)[0] == 0
     other = killed_root / "smoke" / "fmnist_mlp_bptt" / "seed1" / "result.json"
     other_mtime = other.stat().st_mtime
     d = killed_root / "smoke" / "fmnist_mlp_bptt" / "seed0"
@@ -395,11 +406,11 @@ def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, d
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (d / "result.json").exists()
-    status = run_suite("status", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(killed_root))
-    assert "seed0 | interrupted" in status.stdout and "seed1 | done" in status.stdout, status.stdout
-    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(killed_root), "--", *extra)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "fmnist_mlp_bptt/seed0: started" in res.stdout and "seed1: started" not in res.stdout
+    status = suite_here("status", "smoke", "--rows", "fmnist_mlp_bptt", "--root", killed_root)[1]
+    assert "seed0 | interrupted" in status and "seed1 | done" in status, status
+    code, out, err = suite_here("run", "smoke", "--rows", "fmnist_mlp_bptt", "--root", killed_root, "--", *extra)
+    assert code == 0, out + err
+    assert "fmnist_mlp_bptt/seed0: started" in out and "seed1: started" not in out
     assert other.stat().st_mtime == other_mtime
     attempts = [json.loads(x) for x in (d / "attempts.jsonl").read_text().splitlines()]
     assert attempts[-2]["resumed_from"].endswith("last.ckpt")
@@ -416,7 +427,7 @@ def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, d
 
 
 @pytest.mark.slow
-def test_a_failing_row_is_reported_and_the_others_finish(tmp_path, data_root):
+def test_a_failing_row_is_reported_and_the_others_finish(tmp_path, data_root, suite_here):
     root_of = {"ok": data_root, "breaks": data_root, "nodata": tmp_path / "empty"}
     path = write_suite(tmp_path / "mixed.yaml", [
         row("ok", overrides=[f"--data.root={data_root}"]),
@@ -425,53 +436,51 @@ def test_a_failing_row_is_reported_and_the_others_finish(tmp_path, data_root):
     ], seeds=[0])
     (tmp_path / "empty").mkdir()
     extra = [a for a in tiny(data_root) if not a.startswith("--data.root")]
-    res = run_suite("run", str(path), "--root", str(tmp_path / "runs"), "--", *extra)
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "ok/seed0: done" in res.stdout
-    assert "breaks/seed0: failed: RuntimeError: deliberate failure at step 2" in res.stdout, res.stdout
-    assert "nodata/seed0: not run: no data" in res.stdout
+    code, out, err = suite_here("run", path, "--root", tmp_path / "runs", "--", *extra)
+    assert code == 1, out + err
+    assert "ok/seed0: done" in out
+    assert "breaks/seed0: failed: RuntimeError: deliberate failure at step 2" in out, out
+    assert "nodata/seed0: not run: no data" in out
     failed = json.loads((tmp_path / "runs" / "mixed" / "breaks" / "seed0" / "failed.json").read_text())
     assert failed["error"].endswith("deliberate failure at step 2")
     # not retried without --retry-failed
-    res = run_suite("run", str(path), "--root", str(tmp_path / "runs"), "--", *extra)
-    assert "breaks/seed0: failed" in res.stdout and "started" not in res.stdout
+    out = suite_here("run", path, "--root", tmp_path / "runs", "--", *extra)[1]
+    assert "breaks/seed0: failed" in out and "started" not in out
     rows, _ = write_report(load_suite(path), Options(root=tmp_path / "runs"))
     assert rows.set_index("row")["verdict"].to_dict() == {"ok": "shortened", "breaks": "not run", "nodata": "not run"}
 
 
 @pytest.mark.slow
-def test_two_concurrent_launches_never_train_a_run_twice(tmp_path, data_root):
-    root = tmp_path / "runs"
-    args = ("run", "smoke", "--rows", "fmnist_mlp_bptt", "--root", str(root), "--", *tiny(data_root))
-    procs = [subprocess.Popen(suite_cmd(*args), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for seed in (0, 1):
-        d = root / "smoke" / "fmnist_mlp_bptt" / f"seed{seed}"
-        starts = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines()) if "start" in a]
-        assert len(starts) == 1, outs
-        assert (d / "result.json").is_file()
-        assert len(list((d / "logs").glob("attempt*"))) == 1
-    assert sum(o.count(": started") for o in outs) >= 2
+def test_two_concurrent_launches_never_train_a_run_twice(two_launches):
+    root, launches = two_launches
+    outs = [out for _, out in launches]
+    for r in TWO_ROWS.split(","):
+        for seed in (0, 1):
+            d = root / "smoke" / r / f"seed{seed}"
+            starts = [a for a in map(json.loads, (d / "attempts.jsonl").read_text().splitlines()) if "start" in a]
+            assert len(starts) == 1, outs
+            assert (d / "result.json").is_file()
+            assert len(list((d / "logs").glob("attempt*"))) == 1
+    assert sum(o.count(": started") for o in outs) >= 4
 
 
 # ------------------------------------------------------------------ SLURM and Ray launchers
 @pytest.mark.slow
-def test_slurm_launcher_runs_one_array_task_per_run(slurm_cluster, submit_env, tmp_path, data_root):
+def test_slurm_launcher_runs_one_array_task_per_run(slurm_cluster, submit_env, tmp_path, data_root, suite_here):
     from test_slurm import wait_gone
 
     root = tmp_path / "runs"
-    res = run_suite("run", "smoke", "--rows", TWO_ROWS, "--root", str(root), "--launcher", "slurm",
-                    "--partition", slurm_cluster, "--time", "10", "--accelerator", "cpu", "--max-concurrent", "2",
-                    "--", *tiny(data_root))
-    assert res.returncode == 0, res.stdout + res.stderr
-    job = res.stdout.split("submitted job array ")[1].split(":")[0]
+    code, out, err = suite_here("run", "smoke", "--rows", TWO_ROWS, "--root", root, "--launcher", "slurm",
+                                "--partition", slurm_cluster, "--time", "10", "--accelerator", "cpu",
+                                "--max-concurrent", "2", "--", *tiny(data_root))
+    assert code == 0, out + err
+    job = out.split("submitted job array ")[1].split(":")[0]
     script = next((root / "smoke" / "slurm").glob("*.sbatch")).read_text()
     assert "#SBATCH --array=0-3%2" in script and "#SBATCH --requeue" in script
     wait_gone(job, 600)
-    res = run_suite("report", "smoke", "--rows", TWO_ROWS, "--root", str(root))
+    out = suite_here("report", "smoke", "--rows", TWO_ROWS, "--root", root)[1]
     csv = pd.read_csv(root / "smoke" / "results.csv")
-    assert len(csv) == 4, res.stdout + "".join(p.read_text() for p in (root / "smoke" / "slurm").glob("*.out"))
+    assert len(csv) == 4, out + "".join(p.read_text() for p in (root / "smoke" / "slurm").glob("*.out"))
     for r in csv.itertuples():
         assert r.value == pytest.approx(expected_value(root / "smoke" / r.row / f"seed{r.seed}"), abs=1e-9)
 
@@ -524,13 +533,13 @@ def test_ray_launcher_runs_each_run_as_a_task_on_a_local_ray(tmp_path, data_root
 
 
 @pytest.mark.slow
-def test_wandb_runs_are_grouped_by_suite_and_row_and_the_report_is_a_table(tmp_path, data_root):
+def test_wandb_runs_are_grouped_by_suite_and_row_and_the_report_is_a_table(tmp_path, data_root, suite_here):
     from wandb_offline import history, run_info
 
     root = tmp_path / "runs"
-    res = run_suite("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", str(root),
-                    "--wandb-project", "suites", "--", *tiny(data_root))
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, out, err = suite_here("run", "smoke", "--rows", "fmnist_mlp_bptt", "--seeds", "0", "--root", root,
+                                "--wandb-project", "suites", "--", *tiny(data_root))
+    assert code == 0, out + err
     files = list((root / "smoke" / "fmnist_mlp_bptt" / "seed0").rglob("run-*.wandb"))
     assert len(files) == 1
     info = run_info(files[0])

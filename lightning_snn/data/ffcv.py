@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_snn.atomic import no_space, remove_stale_temps, temp_path
+from lightning_snn.atomic import check_destination, no_space, remove_stale_temps, temp_path
 from lightning_snn.data.beton_identity import write_identity
 from lightning_snn.errors import DataFileError, UsageError
 
@@ -205,21 +205,6 @@ def _supervised_writer() -> type:
                 self.metadata_sm.unlink()
 
     return SupervisedWriter
-
-
-def check_destination(path: Path, overwrite: bool) -> None:
-    """Fail before anything is written: ``path`` is a folder, exists (without ``overwrite``), or
-    lies under a file or a folder that cannot be written."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder (valid: the path of a .beton file to write)")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder "
-                                 "(valid: a path under a folder)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: folder {parent} is not writable")
 
 
 def write_beton(

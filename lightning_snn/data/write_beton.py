@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from jsonargparse import CLI
-from torchvision import datasets
 
-from lightning_snn.data.ffcv import check_destination, write_beton
-from lightning_snn.data.vision import DATASETS, VisionDataModule, named_image_loader
+from lightning_snn.atomic import check_destination
 from lightning_snn.errors import USER_ERRORS, UsageError, run_main
 
 
@@ -54,18 +52,23 @@ def main(
         verify_md5: check CIFAR files against torchvision's checksums.
         overwrite: replace an existing ``out``.
     """
-    images = [n for n in DATASETS.names() if DATASETS.build(n).events is None]
-    if (dataset is None) == (image_folder is None):
-        raise UsageError(f"give exactly one of --dataset or --image_folder (valid data sets: {', '.join(images)})")
-    if dataset is not None and dataset not in images:
-        raise UsageError(f"--dataset {dataset!r} cannot be written to a .beton (valid: {', '.join(images)})")
     if num_workers < 1:
         raise UsageError(f"--num_workers {num_workers} (valid: an integer >= 1)")
     if max_resolution is not None and max_resolution < 1:
         raise UsageError(f"--max_resolution {max_resolution} (valid: an integer >= 1, or none)")
     if not 1 <= jpeg_quality <= 100:
         raise UsageError(f"--jpeg_quality {jpeg_quality} (valid: 1 to 100)")
-    check_destination(Path(out), overwrite)  # before reading any data
+    check_destination(Path(out), overwrite)  # before reading any data, and before the slow imports
+    from torchvision import datasets
+
+    from lightning_snn.data.ffcv import write_beton
+    from lightning_snn.data.vision import DATASETS, VisionDataModule, named_image_loader
+
+    images = [n for n in DATASETS.names() if DATASETS.build(n).events is None]
+    if (dataset is None) == (image_folder is None):
+        raise UsageError(f"give exactly one of --dataset or --image_folder (valid data sets: {', '.join(images)})")
+    if dataset is not None and dataset not in images:
+        raise UsageError(f"--dataset {dataset!r} cannot be written to a .beton (valid: {', '.join(images)})")
     if image_folder is not None:
         if not Path(image_folder).is_dir():
             raise FileNotFoundError(f"--image_folder {image_folder} does not exist (valid: a folder of "
