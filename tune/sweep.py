@@ -205,6 +205,10 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
     # Workers of a local Ray inherit this environment (PYTHONPATH, WANDB_MODE...); on a cluster
     # every node's `ray start` must see the same one (see tune/slurm/).
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # Ray starts its worker processes at niceness 15; a trial is the training itself, so on a machine
+    # that runs anything else it would get almost no CPU (a 30 s suite launch took 7 min beside two
+    # busy processes). Workers at the driver's priority unless RAY_worker_niceness says otherwise.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if address:
         ray.init(address=address, **kwargs)
     else:  # "local": a new Ray of its own, even where another one runs on this machine
