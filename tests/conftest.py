@@ -25,13 +25,15 @@ MAX_WORKERS = 8  # each worker imports torch, Lightning and Ray (~1.5 GB)
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use (its affinity mask,
-    not the host's core count), at most ``MAX_WORKERS``; with one CPU the tests run in this process
-    (0). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
+    """``-n auto`` (pyproject's addopts): two workers per CPU this process may use (its affinity
+    mask, not the host's core count), at most ``MAX_WORKERS``; with one CPU the tests run in this
+    process (0). Two, because the end-to-end tests spend about half their time waiting on the
+    processes they start (SLURM jobs, Ray, DDP ranks coming up): one worker per CPU kept the CPUs
+    busy 55% of the run. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-    cpus = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
-    return cpus if cpus > 1 else 0
+    cpus = len(os.sched_getaffinity(0))
+    return min(2 * cpus, MAX_WORKERS) if cpus > 1 else 0
 
 
 def _worker_threads() -> None:

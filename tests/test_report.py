@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from wandb_offline import history
+from wandb_offline import history, wait_until_written
 
 from lightning_snn.checkpoints import CheckpointError
 from lightning_snn.cli import main
@@ -150,6 +150,7 @@ def test_export_and_report_commands(fmnist_ckpt: Path, tmp_path: Path, data_root
     assert float(rows["layers_0_1"]["macs"]) == pytest.approx(784 * 512)
     assert float(rows["total_ann"]["macs"]) == pytest.approx(784 * 512 + 512 * 10)
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_written(run_file)
     keys = set().union(*history(run_file))
     assert {"spike_report/table", "spike_report/chart"} <= {k.split("/_type")[0] for k in keys} | keys, sorted(keys)
 

@@ -405,6 +405,13 @@ def test_a_killed_run_resumes_alone_and_ends_as_an_uninterrupted_one(tmp_path, d
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    while True:  # the launch's training child too is gone (until then its lock reads "running")
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the killed launch's processes did not end"
+        time.sleep(0.05)
     assert not (d / "result.json").exists()
     status = suite_here("status", "smoke", "--rows", "fmnist_mlp_bptt", "--root", killed_root)[1]
     assert "seed0 | interrupted" in status and "seed1 | done" in status, status

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wandb_offline import config, history, run_info
+from wandb_offline import config, history, run_info, wait_until_written
 
 from lightning_snn.cli import main
 
@@ -30,6 +30,7 @@ def test_wandb_logger_and_firing_rates_from_any_config(tmp_path, data_root, monk
     ])
     cli.trainer.logger.experiment.finish()  # this run, whatever wandb.run refers to
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_written(run_file)
     info = run_info(run_file)
     assert (info["project"], info["group"], set(info["tags"])) == ("snn-tests", "cli", {"ide", "offline"})
     rows = history(run_file)

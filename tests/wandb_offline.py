@@ -48,6 +48,26 @@ def records(path: str | Path) -> Iterator[Any]:
         yield rec
 
 
+def wait_until_written(path: str | Path, timeout: float = 120.0) -> Path:
+    """``path`` once it holds the run's ``exit`` record. ``finish()`` in the training process can
+    return before W&B's service process has written the file out (seen on a loaded machine: the
+    file then held no record), so a test of a run made in its own process reads it after this."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(rec.WhichOneof("record_type") == "exit" for rec in records(path)):
+                return Path(path)
+        except (DecodeError, ValueError, struct.error):  # a record half written
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no exit record {timeout:.0f} s after the run finished")
+        time.sleep(0.2)
+
+
 def history(path: str | Path) -> list[dict[str, Any]]:
     """Every ``run.log`` row of the run, as ``{key: value}``."""
     rows = []
