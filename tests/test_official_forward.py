@@ -77,15 +77,13 @@ def test_ottt_vgg_forward_equals_the_official_code(name):
     assert counts == ref["spike_counts"]
 
 
-def test_ottt_nf_resnet_forward_equals_the_official_code():
-    """OTTT's NF-ResNet with one block per stage (the official class at its widths 64-512): sWS
-    stem + average pool, x / beta pre-activation, x2.74 spikes, sWS shortcut of the activated
-    input, alpha * skipinit gain, and the head that pools the residual stream into the fc."""
-    ref = json.loads((FIXTURES / "ottt_nf_resnet_forward.json").read_text())["nf_resnet"]
-    neuron = NeuronConfig(threshold=1.0, leak=0.5, surrogate="sigmoid", surrogate_alpha=4.0, detach_reset=True)
-    net = MODELS.get("nf_resnet34")((3, 16, 16), 5, neuron=neuron, blocks=(1, 1, 1, 1)).double().eval()
+def check_nf_resnet_forward(name: str, neuron: NeuronConfig, convs_expected: int, fixture: str, key: str) -> None:
+    """``name`` with one block per stage on the fixture's det() weights (sWS convs in module order,
+    block k's skip gain 0.5 + 0.5 sin(k), the fc), T = 3: outputs and spike counts as the fixture's."""
+    ref = json.loads((FIXTURES / fixture).read_text())[key]
+    net = MODELS.get(name)((3, 16, 16), 5, neuron=neuron, blocks=(1, 1, 1, 1)).double().eval()
     convs = [m for m in net.modules() if isinstance(m, ScaledWSConv2d)]
-    assert len(convs) == 12
+    assert len(convs) == convs_expected
     fc = net.head[-1][-1]
     with torch.no_grad():
         for k, c in enumerate(convs):
@@ -99,27 +97,20 @@ def test_ottt_nf_resnet_forward_equals_the_official_code():
     out, counts = run_counting(net, det((2, 3, 16, 16), 500, 6.0), 3)
     torch.testing.assert_close(out, torch.tensor(ref["outputs"], dtype=torch.float64), rtol=1e-9, atol=1e-9)
     assert counts == ref["spike_counts"]
+
+
+def test_ottt_nf_resnet_forward_equals_the_official_code():
+    """OTTT's NF-ResNet with one block per stage (the official class at its widths 64-512): sWS
+    stem + average pool, x / beta pre-activation, x2.74 spikes, sWS shortcut of the activated
+    input, alpha * skipinit gain, and the head that pools the residual stream into the fc."""
+    neuron = NeuronConfig(threshold=1.0, leak=0.5, surrogate="sigmoid", surrogate_alpha=4.0, detach_reset=True)
+    check_nf_resnet_forward("nf_resnet34", neuron, 12, "ottt_nf_resnet_forward.json", "nf_resnet")
 
 
 def test_sltt_nf_resnet_bottleneck_forward_equals_the_official_code():
     """SLTT's NF-ResNet-50 / -101 block (bottleneck: conv1x1 -> conv3x3 with the stride -> conv1x1
     to 4x the width, a spike and x2.74 before each, the shortcut from the first spikes), one block
     per stage at the official widths, against the official class on identical weights."""
-    ref = json.loads((FIXTURES / "sltt_nf_resnet_bottleneck_forward.json").read_text())["nf_resnet_bottleneck"]
     neuron = NeuronConfig(threshold=1.0, leak=1 - 1 / 1.1, surrogate="sigmoid", surrogate_alpha=4.0)
-    net = MODELS.get("nf_resnet50")((3, 16, 16), 5, neuron=neuron, blocks=(1, 1, 1, 1)).double().eval()
-    convs = [m for m in net.modules() if isinstance(m, ScaledWSConv2d)]
-    assert len(convs) == 17
-    fc = net.head[-1][-1]
-    with torch.no_grad():
-        for k, c in enumerate(convs):
-            c.weight.copy_(det(c.weight.shape, k))
-            c.bias.copy_(det(c.bias.shape, 100 + k, 0.3, 0.2))
-            c.gain.copy_(det(c.gain.shape, 200 + k, 0.5, 1.5))
-        for k, b in enumerate(net.blocks):
-            b.skipinit_gain.fill_(0.5 + 0.5 * math.sin(k))
-        fc.weight.copy_(det(fc.weight.shape, 300, 0.05))
-        fc.bias.copy_(det(fc.bias.shape, 301, 0.05))
-    out, counts = run_counting(net, det((2, 3, 16, 16), 500, 6.0), 3)
-    torch.testing.assert_close(out, torch.tensor(ref["outputs"], dtype=torch.float64), rtol=1e-9, atol=1e-9)
-    assert counts == ref["spike_counts"]
+    check_nf_resnet_forward("nf_resnet50", neuron, 17, "sltt_nf_resnet_bottleneck_forward.json",
+                            "nf_resnet_bottleneck")
