@@ -332,17 +332,16 @@ def submit_env(monkeypatch):
 
 
 @pytest.fixture
-def suite_here(monkeypatch, capsys):
+def suite_here(submit_env, monkeypatch, capsys):
     """``python -m lightning_snn.suite ARGS`` run in this process as a shell in the checkout would
-    (no distributed or SLURM variables, the project and tests/ importable): returns (exit status,
-    stdout, stderr). The runs it launches are child processes as ever; what is saved is a second
-    process importing Lightning only to launch them."""
+    (``submit_env``'s environment without SLURM variables, tests/ importable too): returns (exit
+    status, stdout, stderr). The runs it launches are child processes as ever; what is saved is a
+    second process importing Lightning only to launch them."""
     from lightning_snn.suite.__main__ import main
 
-    for var in [v for v in os.environ if v in DIST_VARS or v.startswith("SLURM_")]:
+    for var in [v for v in os.environ if v.startswith("SLURM_")]:
         monkeypatch.delenv(var)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT),
-                                                                   os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]]))
     monkeypatch.chdir(ROOT)
 
     def run(*args) -> tuple[int, str, str]:

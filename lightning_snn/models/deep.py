@@ -269,7 +269,6 @@ class PreActResNet(SpikingNet):
         return self.head(self.blocks(self.stem(x)))
 
 
-
 @MODELS.register("preact_resnet18")
 def preact_resnet18(input_shape: Sequence[int], num_classes: int, neuron: NeuronConfig | None = None,
                     head: str = "linear", dropout: float = 0.0, width: float = 1.0) -> PreActResNet:
